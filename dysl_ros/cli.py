@@ -1,0 +1,31 @@
+"""One command line for every tool: `python -m dysl_ros <command> [--help]`.
+
+Each command lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`; this file only lists them. The same command line is installed as the
+console script `dysl`, so on a robot `ros2 run dysl_ros dysl <command>` works too.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Optional, Sequence
+
+# command -> (module, one-line help)
+COMMANDS = {
+    'smoke': ('dysl_ros.tools.smoke', 'build a small DySL model, step it, print what it did'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m dysl_ros', description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='command', metavar='command', required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)

@@ -1,0 +1,126 @@
+"""Configuration of the default VLA and of the DySL wrapper (frozen, validated once)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """The embedded default VLA: cameras + instruction -> one action chunk per pass.
+
+    Args:
+        image_size: square input resolution in pixels (images are resized to it).
+        cameras: camera names, in the order the embedder stacks them.
+        patch_size: pixels per patch side; image_size must be a multiple.
+        d_model: transformer width.
+        n_layers: number of backbone blocks (deep enough that skipping matters).
+        n_heads: attention heads; must divide d_model.
+        mlp_ratio: hidden width of each block's MLP, as a multiple of d_model.
+        max_instruction_tokens: instruction length after padding / truncation.
+        chunk_size: H, actions predicted per pass (OpenVLA-OFT style).
+        action_names: names of the D action dimensions, in order.
+    """
+
+    image_size: int = 64
+    cameras: tuple[str, ...] = ('front', 'wrist')
+    patch_size: int = 8
+    d_model: int = 192
+    n_layers: int = 24
+    n_heads: int = 6
+    mlp_ratio: int = 4
+    max_instruction_tokens: int = 12
+    chunk_size: int = 8
+    action_names: tuple[str, ...] = ACTION_NAMES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'cameras', tuple(self.cameras))
+        object.__setattr__(self, 'action_names', tuple(self.action_names))
+        _require(1 <= len(self.cameras) <= 4, 'cameras', self.cameras, '1 to 4 camera names')
+        _require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
+                 'distinct names')
+        _require(self.patch_size > 0, 'patch_size', self.patch_size, '> 0')
+        _require(self.image_size > 0 and self.image_size % self.patch_size == 0, 'image_size',
+                 self.image_size, f'a positive multiple of patch_size={self.patch_size}')
+        _require(self.n_layers >= 2, 'n_layers', self.n_layers, '>= 2')
+        _require(self.n_heads > 0 and self.d_model % self.n_heads == 0, 'd_model',
+                 self.d_model, f'a positive multiple of n_heads={self.n_heads}')
+        _require(self.mlp_ratio >= 1, 'mlp_ratio', self.mlp_ratio, '>= 1')
+        _require(self.max_instruction_tokens >= 1, 'max_instruction_tokens',
+                 self.max_instruction_tokens, '>= 1')
+        _require(self.chunk_size >= 1, 'chunk_size', self.chunk_size, '>= 1')
+        _require(len(self.action_names) >= 1, 'action_names', self.action_names, 'non-empty')
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def patches_per_camera(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length: image patches, instruction tokens, action queries."""
+        return (len(self.cameras) * self.patches_per_camera + self.max_instruction_tokens
+                + self.chunk_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'VLAConfig':
+        return from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class DySLConfig:
+    """The trainable DySL parts over a frozen block stack.
+
+    Args:
+        static_ratio: rho, share of layers chosen static (FOUND: about 0.2; 0.1-0.3 studied).
+        first_layer_static: RECON, layer 0 is always static, so no dynamic layer precedes
+            the first static one.
+        adapter_rank: r of each adapter A(x) = x + W_u GELU(W_d RMSNorm(x)) (RECON).
+        controller_width: d_c of each controller RMSNorm -> mean-pool -> Linear -> tanh ->
+            Linear -> sigmoid (RECON).
+        skip_threshold: a controller skips when its probability exceeds this (FOUND: 0.5).
+    """
+
+    static_ratio: float = 0.2
+    first_layer_static: bool = True
+    adapter_rank: int = 64
+    controller_width: int = 64
+    skip_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.static_ratio <= 1.0, 'static_ratio', self.static_ratio,
+                 'a value in [0, 1]')
+        _require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
+        _require(self.controller_width >= 1, 'controller_width', self.controller_width, '>= 1')
+        _require(0.0 < self.skip_threshold < 1.0, 'skip_threshold', self.skip_threshold,
+                 'a value in (0, 1)')
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'DySLConfig':
+        return from_dict(cls, d)
+
+
+def from_dict(cls: type, d: dict) -> Any:
+    """Build a config dataclass from a dict, naming unknown keys instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f'{cls.__name__}: unknown keys {unknown}; known: {sorted(names)}')
+    return cls(**d)

@@ -1,0 +1,1 @@
+"""Runners per backend and the policy executor that walks segments under the guidance."""

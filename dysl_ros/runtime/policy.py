@@ -1,0 +1,160 @@
+"""The policy executor: walks the segments under the shared guidance with any runner.
+
+One control step (dysl-method.md section 2):
+  1. allow points come from the last continuity change (pre-skip prediction)
+  2. embed -> segment walk (static layers always; controllers from P_k on) -> head
+  3. if anything was skipped and the chunk is the onset of a continuity drop: re-predict at
+     full depth from the same embedding, and keep that chunk (post-skip verification)
+  4. push the chunk into the continuity ring buffer (moves the allow points)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Optional, Protocol
+
+import numpy as np
+
+from ..guidance import Guidance, GuidanceConfig
+from ..model.layout import Layout
+from ..model.processing import preprocess_images
+from ..model.tokenizer import WordTokenizer
+from ..skipping import walk_segments
+from .runner import Runner
+
+if TYPE_CHECKING:
+    from ..model.vla import VLA
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a runtime needs to know of a model besides its units."""
+
+    cameras: tuple[str, ...]
+    image_size: int
+    tokenizer: WordTokenizer
+    action_names: tuple[str, ...]
+    chunk_size: int
+    action_mean: np.ndarray
+    action_std: np.ndarray
+    layout: Layout
+    skip_threshold: float = 0.5
+
+    def prepare(self, images: Mapping[str, np.ndarray], instruction: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Camera images + instruction -> the embedder's (1, N, 3, S, S), (1, L) inputs."""
+        pixels = preprocess_images(images, self.cameras, self.image_size)[None]
+        return pixels, self.tokenizer.encode(instruction)[None]
+
+    def unnormalise(self, chunk: np.ndarray) -> np.ndarray:
+        return chunk * self.action_std + self.action_mean
+
+    @classmethod
+    def from_model(cls, vla: 'VLA', layout: Optional[Layout] = None,
+                   skip_threshold: float = 0.5) -> 'ModelSpec':
+        """The spec of a torch VLA (layout: its DySL layout, or all-static full depth)."""
+        cfg = vla.cfg
+        return cls(cameras=cfg.cameras, image_size=cfg.image_size, tokenizer=vla.tokenizer,
+                   action_names=cfg.action_names, chunk_size=cfg.chunk_size,
+                   action_mean=vla.action_mean.detach().cpu().numpy().astype(np.float32),
+                   action_std=vla.action_std.detach().cpu().numpy().astype(np.float32),
+                   layout=layout or Layout.full(cfg.n_layers), skip_threshold=skip_threshold)
+
+
+@dataclass
+class StepStats:
+    """What one policy step did; the same structure whatever the backend or method.
+
+    layer_ids and skipped_at describe the first (guided) pass; a verified step then ran the
+    whole backbone again, which layers_run counts.
+    """
+
+    layers_run: int
+    layers_total: int
+    layer_ids: list[int]
+    skipped_at: list[Optional[int]]
+    verified: bool
+    allow_points: list[int]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    continuity: Optional[float] = None
+    continuity_change: Optional[float] = None
+
+    @property
+    def layer_fraction(self) -> float:
+        return self.layers_run / self.layers_total
+
+
+class Policy(Protocol):
+    """What every method (DySL, full depth, baselines, ablations) offers a benchmark or node."""
+
+    spec: ModelSpec
+
+    def reset(self) -> None:
+        """Start a new episode (clears the action history)."""
+
+    def step(self, images: Mapping[str, np.ndarray], instruction: str
+             ) -> tuple[np.ndarray, StepStats]:
+        """Observation -> unnormalised chunk (H, D) and its statistics."""
+
+
+class GuidedPolicy:
+    """DySL inference over any runner. skipping=False runs full depth (the teacher)."""
+
+    def __init__(self, runner: Runner, spec: ModelSpec, guidance: GuidanceConfig,
+                 skipping: bool = True):
+        self.runner = runner
+        self.spec = spec
+        self.skipping = skipping
+        segments = [(s.static, s.end) for s in spec.layout.segments]
+        self.guidance = Guidance(guidance, segments)
+
+    def reset(self) -> None:
+        self.guidance.reset()
+
+    def step(self, images: Mapping[str, np.ndarray], instruction: str
+             ) -> tuple[np.ndarray, StepStats]:
+        r, t = self.runner, _Clock(self.runner)
+        pixels, tokens = self.spec.prepare(images, instruction)
+        allow = self.guidance.allow_points if self.skipping else None
+        t.lap('prepare')
+        x0 = r.embed(pixels, tokens)
+        t.lap('embed')
+        x, trace = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter,
+                                 allow, self.spec.skip_threshold)
+        t.lap('backbone')
+        chunk = r.head(x)
+        t.lap('head')
+        layers_run = len(trace.layers_run)
+        verified = trace.skipped and self.guidance.is_onset(chunk)
+        if verified:  # post-skip verification: the same embedding at full depth
+            x, _ = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter)
+            chunk = r.head(x)
+            layers_run += self.spec.layout.num_layers
+            t.lap('verify')
+        self.guidance.push(chunk)
+        c, dc = self.guidance.continuity()
+        ends = [s.end for s in self.spec.layout.segments]
+        stats = StepStats(
+            layers_run=layers_run, layers_total=self.spec.layout.num_layers,
+            layer_ids=list(trace.layers_run), skipped_at=list(trace.skipped_at),
+            verified=verified, allow_points=[int(a) for a in (ends if allow is None else allow)],
+            latency_ms=t.total(), continuity=c, continuity_change=dc)
+        return self.spec.unnormalise(chunk), stats
+
+
+class _Clock:
+    """Per-stage wall time in ms, synchronising the runner at each stage boundary."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        self.runner.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = (now - self.last) * 1e3
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.laps, 'total': (self.last - self.start) * 1e3}

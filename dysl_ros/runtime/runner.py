@@ -1,0 +1,34 @@
+"""The runner protocol: how a backend runs one unit. Nothing else is backend-specific."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Runner(Protocol):
+    """Runs the units of one exported / loaded DySL model on one backend.
+
+    Hidden states are opaque to callers (a torch tensor, a device buffer, ...); only the
+    runner creates and consumes them. Outputs of `head` are owned by the caller.
+    """
+
+    name: str
+
+    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
+        """(1, N, 3, S, S) float32, (1, L) int64 -> hidden state."""
+
+    def layer(self, i: int, x: Any) -> Any:
+        """Backbone layer i."""
+
+    def adapter(self, j: int, x: Any) -> Any:
+        """Adapter of dynamic layer j: jumps to the next static layer's input."""
+
+    def controller(self, j: int, x: Any) -> float:
+        """Skip probability of dynamic layer j (one host synchronisation)."""
+
+    def head(self, x: Any) -> np.ndarray:
+        """Hidden state -> normalised chunk (H, D) float32."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest per-stage timing); no-op on the CPU."""

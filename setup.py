@@ -1,0 +1,31 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'dysl_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml', 'README.md']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/models/default', glob('models/default/*')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='dysl_ros maintainers',
+    maintainer_email='dysl-ros@example.com',
+    description='Dynamic-static layer skipping (DySL) VLA policy for ROS 2, with TensorRT '
+                'segment engines for edge deployment.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'dysl = dysl_ros.cli:main',
+        ],
+    },
+)
