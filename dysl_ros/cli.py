@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 # command -> (module, one-line help)
 COMMANDS = {
-    'smoke': ('dysl_ros.tools.smoke', 'build a small DySL model, step it, print what it did'),
+    'demo': ('dysl_ros.tools.demo', 'run the policy on the default model and print each step'),
 }
 
 
