@@ -1,0 +1,89 @@
+"""The policy executor (GuidedPolicy) over the torch runner: full depth, skipping, verification."""
+import numpy as np
+import pytest
+import torch
+
+from dysl_ros.guidance import GuidanceConfig
+from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
+from dysl_ros.runtime.torch_runner import TorchRunner
+
+TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
+LAYOUT = Layout(8, (0, 3, 6))
+
+
+def _observations(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield {c: rng.integers(0, 256, (48, 48, 3), np.uint8) for c in TINY.cameras}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    vla = VLA(TINY).eval()
+    vla.set_action_stats(np.linspace(-1, 1, 7), np.full(7, 0.5))
+    dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
+    with torch.no_grad():
+        for a in dysl.adapters.values():
+            a.up.weight.normal_(std=0.05)
+    return vla, dysl
+
+
+def _full_depth_chunk(vla, spec, images, instruction):
+    pixels, tokens = spec.prepare(images, instruction)
+    with torch.inference_mode():
+        chunk = vla(torch.from_numpy(pixels), torch.from_numpy(tokens))[0].numpy()
+    return spec.unnormalise(chunk)
+
+
+def test_full_depth_policy_equals_the_vla(model):
+    vla, dysl = model
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    policy = GuidedPolicy(TorchRunner(vla, dysl), spec, GuidanceConfig(tau=0.1), skipping=False)
+    for images in _observations(3):
+        chunk, stats = policy.step(images, 'pick up the red block')
+        np.testing.assert_array_equal(chunk, _full_depth_chunk(vla, spec, images,
+                                                               'pick up the red block'))
+        assert chunk.shape == (TINY.chunk_size, 7)
+        assert stats.layers_run == 8 and stats.layer_ids == list(range(8))
+        assert stats.skipped_at == [None, None, None] and not stats.verified
+        assert {'embed', 'backbone', 'head', 'total'} <= set(stats.latency_ms)
+
+
+def test_skipping_steps_verify_at_onsets_with_a_full_depth_chunk(model):
+    vla, dysl = model
+    with torch.no_grad():  # every controller says skip
+        for c in dysl.controllers.values():
+            c.out.bias.fill_(30.0)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    # Random frames make the chunks jump around: with a tiny tau, drops are everywhere.
+    guidance = GuidanceConfig(tau=1e-4, pre_skip=False)
+    policy = GuidedPolicy(TorchRunner(vla, dysl), spec, guidance)
+    verified = 0
+    for images in _observations(12, seed=1):
+        chunk, stats = policy.step(images, 'open the drawer')
+        assert stats.skipped_at == [1, 4, 7] and stats.layer_ids == [0, 3, 6]
+        if stats.verified:
+            verified += 1
+            assert stats.layers_run == 3 + 8
+            np.testing.assert_allclose(chunk, _full_depth_chunk(vla, spec, images,
+                                                                'open the drawer'), atol=1e-6)
+        else:
+            assert stats.layers_run == 3
+    assert verified > 0
+    policy.reset()
+    assert policy.guidance.continuity() == (None, None)
+
+
+def test_without_verification_a_skipped_chunk_is_kept(model):
+    vla, dysl = model
+    with torch.no_grad():
+        for c in dysl.controllers.values():
+            c.out.bias.fill_(30.0)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    policy = GuidedPolicy(TorchRunner(vla, dysl), spec,
+                          GuidanceConfig(tau=1e-4, pre_skip=False, verify=False))
+    for images in _observations(12, seed=1):
+        chunk, stats = policy.step(images, 'open the drawer')
+        assert not stats.verified and stats.layers_run == 3
