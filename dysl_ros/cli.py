@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 # command -> (module, one-line help)
 COMMANDS = {
     'demo': ('dysl_ros.tools.demo', 'run the policy on the default model and print each step'),
+    'bench': ('dysl_ros.bench.cli', 'benchmarks: print a table, write JSON'),
 }
 
 

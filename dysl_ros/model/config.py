@@ -20,7 +20,9 @@ class VLAConfig:
     Args:
         image_size: square input resolution in pixels (images are resized to it).
         cameras: camera names, in the order the embedder stacks them.
-        patch_size: pixels per patch side; image_size must be a multiple.
+        patch_size: pixels per image token side; a multiple of 4 (a small conv stem
+            downsamples 4x, then a patch projection the rest); image_size must be a multiple.
+        stem_channels: widths of the two stride-2 stem convolutions.
         d_model: transformer width.
         n_layers: number of backbone blocks (deep enough that skipping matters).
         n_heads: attention heads; must divide d_model.
@@ -32,10 +34,11 @@ class VLAConfig:
 
     image_size: int = 64
     cameras: tuple[str, ...] = ('front', 'wrist')
-    patch_size: int = 8
-    d_model: int = 192
+    patch_size: int = 16
+    stem_channels: tuple[int, int] = (32, 64)
+    d_model: int = 128
     n_layers: int = 24
-    n_heads: int = 6
+    n_heads: int = 4
     mlp_ratio: int = 4
     max_instruction_tokens: int = 12
     chunk_size: int = 8
@@ -47,7 +50,11 @@ class VLAConfig:
         _require(1 <= len(self.cameras) <= 4, 'cameras', self.cameras, '1 to 4 camera names')
         _require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
                  'distinct names')
-        _require(self.patch_size > 0, 'patch_size', self.patch_size, '> 0')
+        object.__setattr__(self, 'stem_channels', tuple(self.stem_channels))
+        _require(self.patch_size >= 4 and self.patch_size % 4 == 0, 'patch_size',
+                 self.patch_size, 'a positive multiple of 4')
+        _require(len(self.stem_channels) == 2 and min(self.stem_channels) >= 1, 'stem_channels',
+                 self.stem_channels, 'two positive widths')
         _require(self.image_size > 0 and self.image_size % self.patch_size == 0, 'image_size',
                  self.image_size, f'a positive multiple of patch_size={self.patch_size}')
         _require(self.n_layers >= 2, 'n_layers', self.n_layers, '>= 2')

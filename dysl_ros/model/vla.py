@@ -61,7 +61,12 @@ class Embedder(nn.Module):
     def __init__(self, cfg: VLAConfig, vocab_size: int):
         super().__init__()
         C, n_cam = cfg.d_model, len(cfg.cameras)
-        self.patch = nn.Conv2d(3, C, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        c1, c2 = cfg.stem_channels
+        k = cfg.patch_size // 4
+        self.patch = nn.Sequential(  # (3, S, S) -> (C, S/patch, S/patch): a 4x conv stem
+            nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c2, C, k, stride=k))
         self.patch_pos = nn.Parameter(torch.randn(1, cfg.patches_per_camera, C) * 0.02)
         self.camera = nn.Parameter(torch.randn(n_cam, 1, C) * 0.02)
         self.word = nn.Embedding(vocab_size, C)

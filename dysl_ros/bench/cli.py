@@ -1,0 +1,23 @@
+"""`python -m dysl_ros bench <name>`: one subcommand per benchmark."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> (module with add_arguments/run, one-line help)
+BENCHES = {
+    'closed-loop': ('dysl_ros.bench.closed_loop',
+                    'success rate, layers run and speedup in the simulation, per method'),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest='bench', metavar='bench', required=True)
+    for name, (module, help_text) in BENCHES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_bench=module)
+        importlib.import_module(module).add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return importlib.import_module(args._bench).run(args)
