@@ -14,6 +14,11 @@ from typing import Optional, Sequence
 COMMANDS = {
     'demo': ('dysl_ros.tools.demo', 'run the policy on the default model and print each step'),
     'bench': ('dysl_ros.bench.cli', 'benchmarks: print a table, write JSON'),
+    'train-bc': ('dysl_ros.train.bc', 'behaviour cloning of the VLA from demo episodes'),
+    'calibrate': ('dysl_ros.train.calibrate', 'choose static layers and tau for a model'),
+    'distill': ('dysl_ros.train.distill', 'two-stage distillation of the DySL parts'),
+    'train-baselines': ('dysl_ros.train.baselines',
+                        'train / calibrate the baselines and the DySL ablations'),
 }
 
 

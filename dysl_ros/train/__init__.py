@@ -1,0 +1,1 @@
+"""Training: behaviour cloning, calibration (static layers, tau), two-stage distillation."""

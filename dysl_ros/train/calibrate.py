@@ -1,0 +1,178 @@
+"""Stage 0 of DySL: pick the static ("informative") layers of a frozen block stack.
+
+For every layer l, s_l is the mean cosine similarity between its input and output hidden
+states over calibration samples and tokens; the layers that change their input the most
+(lowest s_l) are static (dysl-method.md section 1).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..model.layout import Layout
+
+if TYPE_CHECKING:  # the dataset imports the simulator: load it only when calibrating on demos
+    from ..model.vla import VLA
+    from .dataset import DemoDataset
+
+
+def module_device(modules: Iterable[nn.Module]) -> torch.device:
+    """The device of the first parameter or buffer found (CPU when there is none)."""
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            return t.device
+    return torch.device('cpu')
+
+
+@torch.no_grad()
+def layer_similarity(blocks: Sequence[nn.Module], inputs: Iterable[torch.Tensor],
+                     progress: bool = True) -> np.ndarray:
+    """(L,) s_l = mean over samples and tokens of cos(x_l_in, x_l_out) along the stack."""
+    if len(blocks) == 0:
+        raise ValueError('blocks is empty: nothing to calibrate')
+    device = module_device(blocks)
+    modes = [b.training for b in blocks]
+    for b in blocks:
+        b.eval()
+    sums = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        for x in tqdm(inputs, desc='layer similarity', disable=not progress, leave=False):
+            if x.dim() != 3:
+                raise ValueError(f'inputs must be hidden states (B, T, C), got {tuple(x.shape)}')
+            x = x.to(device)
+            for i, block in enumerate(blocks):
+                y = block(x)
+                cos = F.cosine_similarity(x.float(), y.float(), dim=-1)  # (B, T)
+                sums[i] += cos.double().sum()
+                x = y
+            count += x.shape[0] * x.shape[1]
+    finally:
+        for b, mode in zip(blocks, modes):
+            b.train(mode)
+    if count == 0:
+        raise ValueError('inputs yielded no hidden states: need calibration samples')
+    return (sums / count).cpu().numpy()
+
+
+def num_static(num_layers: int, ratio: float) -> int:
+    """ceil(ratio * L), robust to float error (0.3 * 10 is 3, not 4)."""
+    return int(math.ceil(round(ratio * num_layers, 9)))
+
+
+def select_static(similarity: np.ndarray, ratio: float = 0.2,
+                  first_layer_static: bool = True) -> Layout:
+    """The ceil(ratio * L) layers with the lowest s_l are static, plus layer 0 when
+    first_layer_static (RECON). Ties go to the earlier layer."""
+    s = np.asarray(similarity, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f'similarity must be a non-empty (L,) array, got shape {s.shape}')
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f'similarity has non-finite values at layers '
+                         f'{np.flatnonzero(~np.isfinite(s)).tolist()}')
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f'ratio={ratio!r} is invalid: expected a value in [0, 1]')
+    L = s.size
+    chosen = set(np.argsort(s, kind='stable')[:num_static(L, ratio)].tolist())
+    if first_layer_static:
+        chosen.add(0)
+    elif 0 not in chosen:
+        raise ValueError('first_layer_static=False needs layer 0 among the lowest-similarity '
+                         f'layers (a Layout requires layer 0 static); chosen {sorted(chosen)}')
+    return Layout(L, tuple(sorted(chosen)))
+
+
+# -- on demonstrations, and the CLI --------------------------------------------------------
+
+CALIBRATION_JSON = 'calibration.json'
+
+
+def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
+                    first_layer_static: bool = True, samples: int = 256, batch_size: int = 32,
+                    history: int = 5, percentile: float = 85.0, seed: int = 0,
+                    progress: bool = True) -> dict[str, Any]:
+    """Stage 0 on demonstrations: the static layers from embedded demo observations, and
+    tau from the demos' actions normalised with the model's own statistics."""
+    from ..guidance import GuidanceConfig, calibrate_tau
+    from .dataset import EmbeddedBatches
+    batches = max(1, math.ceil(samples / batch_size))
+    inputs = EmbeddedBatches(vla, dataset, batch_size, batches, seed)
+    s = layer_similarity(vla.blocks, inputs, progress)
+    layout = select_static(s, ratio, first_layer_static)
+    actions = dataset.episode_actions(vla.action_mean.detach().cpu().numpy(),
+                                      vla.action_std.detach().cpu().numpy())  # (T, D) each
+    tau = calibrate_tau(actions, history, percentile)
+    return {'format': 1, 'layout': layout.to_dict(), 'similarity': s.tolist(),
+            'ratio': ratio, 'first_layer_static': first_layer_static,
+            'samples': batches * batch_size, 'tau_percentile': percentile,
+            'guidance': dataclasses.asdict(GuidanceConfig(tau=tau, history=history))}
+
+
+def read_calibration(model_dir: Path) -> dict[str, Any]:
+    """`<model_dir>/calibration.json`, with its layout checked."""
+    from ..model.io import read_json
+    path = Path(model_dir) / CALIBRATION_JSON
+    calib = read_json(path)
+    try:
+        Layout.from_dict(calib['layout'])
+        float(calib['guidance']['tau'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'{path}: not a valid calibration ({e}); rerun calibrate') from None
+    return calib
+
+
+def format_calibration(calib: dict[str, Any]) -> str:
+    """A short table: s_l per layer with the static ones marked, then tau."""
+    static = set(calib['layout']['static'])
+    lines = ['layer  s_l      static']
+    lines += [f'{i:5d}  {s:.4f}  {"*" if i in static else ""}'
+              for i, s in enumerate(calib['similarity'])]
+    lines.append(f'static {sorted(static)} of {len(calib["similarity"])}; '
+                 f'tau = {calib["guidance"]["tau"]:.4g} (K = {calib["guidance"]["history"]})')
+    return '\n'.join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m dysl_ros calibrate`."""
+    from ..model.config import DySLConfig
+    d = DySLConfig()
+    parser.add_argument('--model-dir', required=True, type=Path,
+                        help='model folder (vla.json); calibration.json is written there')
+    parser.add_argument('--demos', required=True, type=Path, help='demo folder (gen-demos)')
+    parser.add_argument('--ratio', type=float, default=d.static_ratio,
+                        help='share of static layers, rho (FOUND: about 0.2)')
+    parser.add_argument('--samples', type=int, default=256, help='calibration observations')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--history', type=int, default=5, help='K of the continuity')
+    parser.add_argument('--percentile', type=float, default=85.0,
+                        help='tau = this percentile of |dC| over continuity drops (RECON)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA if present), cpu, cuda")
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Calibrate static layers and tau of a trained VLA; writes calibration.json."""
+    from ..model.io import load_vla, write_json
+    from .bc import pick_device
+    from .dataset import DemoDataset, load_demos
+    vla = load_vla(args.model_dir, map_location=str(pick_device(args.device)))
+    episodes, stats = load_demos(args.demos)
+    calib = calibrate_model(vla, DemoDataset.for_model(episodes, stats, vla), args.ratio,
+                            samples=args.samples, batch_size=args.batch_size,
+                            history=args.history, percentile=args.percentile, seed=args.seed,
+                            progress=not args.quiet)
+    calib['demos'] = str(args.demos)
+    write_json(Path(args.model_dir) / CALIBRATION_JSON, calib)
+    print(format_calibration(calib))
+    print(f'wrote {Path(args.model_dir) / CALIBRATION_JSON}')
+    return 0
