@@ -113,7 +113,7 @@ class GuidedPolicy:
 
     def step(self, images: Mapping[str, np.ndarray], instruction: str
              ) -> tuple[np.ndarray, StepStats]:
-        r, t = self.runner, _Clock(self.runner)
+        r, t = self.runner, Clock(self.runner)
         pixels, tokens = self.spec.prepare(images, instruction)
         allow = self.guidance.allow_points if self.skipping else None
         t.lap('prepare')
@@ -142,7 +142,7 @@ class GuidedPolicy:
         return self.spec.unnormalise(chunk), stats
 
 
-class _Clock:
+class Clock:
     """Per-stage wall time in ms, synchronising the runner at each stage boundary."""
 
     def __init__(self, runner: Runner):

@@ -1,0 +1,209 @@
+"""Every method of the benchmark behind one Policy interface: `make_policy(name, model_dir)`.
+
+Methods (dysl-method.md section 4):
+
+    full              the base VLA at full depth (GuidedPolicy, skipping off)
+    dysl              DySL: static layers, controllers, adapters, prior-post guidance
+    dysl-no-preskip   ablation: allow points fixed at S_k + 1 (GuidanceConfig.pre_skip=False)
+    dysl-no-verify    ablation: no post-skip verification (GuidanceConfig.verify=False)
+    dysl-joint        ablation: DySL parts trained jointly (no stage 1)
+    dysl-no-static    ablation: DySL parts on a layout with only layer 0 static
+    random-skip       DySL's walk with controllers = Bernoulli(q) coins, adapters = identity,
+                      pre-skip and verification off; q matched to DySL's mean layers
+    flexidepth        per-layer router + adapter on every layer, no static layers
+    deer              early exits every 2 layers, one shared head, thresholds eta_i
+    static-depth      k fixed layers (lowest s_l), fine-tuned; k matched to DySL's mean layers
+
+Model directory (all safetensors + JSON, no pickle):
+
+    <model_dir>/vla.json, vla.safetensors          base VLA (model.io.save_vla)
+    <model_dir>/dysl.json, dysl.safetensors        DySL parts + layout + guidance (save_dysl)
+    <model_dir>/ablations/<name>/dysl.{json,safetensors}
+                                                   dysl-joint, dysl-no-static (save_dysl)
+    <model_dir>/baselines/<name>/baseline.{json,safetensors}
+                                                   flexidepth, deer, static-depth
+                                                   (model.baselines.save_baseline)
+    <model_dir>/baselines/random-skip/baseline.json
+                                                   q, seed, layout (no weights)
+
+Every optional part is made by `python -m dysl_ros train-baselines --model-dir <model_dir>`
+(dysl_ros.train.baselines); make_policy names the missing file and that command.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ..guidance import GuidanceConfig
+from ..model.baselines import BASELINE_JSON, Inference, load_baseline
+from ..model.config import from_dict
+from ..model.io import DYSL_JSON, VLA_JSON, load_dysl, load_vla, read_json
+from ..model.layout import Layout
+from ..model.vla import VLA
+from .policy import GuidedPolicy, ModelSpec, Policy, StepStats, Clock
+from .runner import Runner
+from .torch_runner import TorchRunner
+
+METHODS = ('full', 'dysl', 'dysl-no-preskip', 'dysl-no-verify', 'dysl-joint', 'dysl-no-static',
+           'random-skip', 'flexidepth', 'deer', 'static-depth')
+ABLATIONS = ('dysl-joint', 'dysl-no-static')  # separately trained DySL parts
+BASELINES = ('random-skip', 'flexidepth', 'deer', 'static-depth')
+TRAINABLE = BASELINES + ABLATIONS  # what train-baselines makes
+RANDOM_SKIP_FORMAT = 1
+
+TRAIN_COMMAND = 'python -m dysl_ros train-baselines --model-dir {model_dir} --methods {name}'
+# The command that distils the main DySL parts into <model_dir>.
+DYSL_COMMAND = 'python -m dysl_ros distill --model-dir {model_dir} --demos DEMOS'
+
+
+def ablation_dir(model_dir: Path, name: str) -> Path:
+    return Path(model_dir) / 'ablations' / name
+
+
+def baseline_dir(model_dir: Path, name: str) -> Path:
+    return Path(model_dir) / 'baselines' / name
+
+
+class RandomSkipRunner:
+    """Wraps a runner: every controller is a Bernoulli(q) coin from a seeded generator and
+    every adapter is the identity (the random-skip baseline; walk and layers unchanged)."""
+
+    def __init__(self, base: Runner, q: float, seed: int = 0):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f'q={q!r} is invalid: expected a probability in [0, 1]')
+        self.base = base
+        self.q = float(q)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.name = f'{base.name}+random-skip'
+
+    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
+        return self.base.embed(images, tokens)
+
+    def layer(self, i: int, x: Any) -> Any:
+        return self.base.layer(i, x)
+
+    def adapter(self, j: int, x: Any) -> Any:
+        return x
+
+    def controller(self, j: int, x: Any) -> float:
+        return 1.0 if self.rng.random() < self.q else 0.0
+
+    def head(self, x: Any) -> np.ndarray:
+        return self.base.head(x)
+
+    def synchronize(self) -> None:
+        self.base.synchronize()
+
+
+class BaselinePolicy:
+    """A torch baseline module (FlexiDepth, DeeR, static depth) behind the Policy interface.
+
+    `module.infer(x)` returns an Inference; `head` maps its hidden state to a normalised
+    chunk when the module did not compute one. No segments, no guidance: skipped_at and
+    allow_points are empty and nothing is ever verified.
+    """
+
+    def __init__(self, vla: VLA, module: Any, head: Callable[[torch.Tensor], torch.Tensor],
+                 name: str):
+        self.name = name
+        self.runner = TorchRunner(vla)
+        self.module = module.eval()
+        self.head = head
+        self.spec = ModelSpec.from_model(vla)
+
+    def reset(self) -> None:
+        """Stateless between steps: nothing to clear."""
+
+    def step(self, images: Mapping[str, np.ndarray], instruction: str
+             ) -> tuple[np.ndarray, StepStats]:
+        t = Clock(self.runner)
+        pixels, tokens = self.spec.prepare(images, instruction)
+        t.lap('prepare')
+        x0 = self.runner.embed(pixels, tokens)
+        t.lap('embed')
+        out: Inference = self.module.infer(x0)
+        t.lap('backbone')
+        with torch.inference_mode():
+            chunk = out.chunk if out.chunk is not None else self.head(out.hidden)  # (1, H, D)
+            chunk = chunk[0].float().cpu().numpy()  # (H, D)
+        t.lap('head')
+        stats = StepStats(layers_run=len(out.layer_ids),
+                          layers_total=self.spec.layout.num_layers,
+                          layer_ids=list(out.layer_ids), skipped_at=[], verified=False,
+                          allow_points=[], latency_ms=t.total())
+        return self.spec.unnormalise(chunk), stats
+
+
+def make_policy(name: str, model_dir: Path, device: str = 'cpu', seed: Optional[int] = None,
+                vla: Optional[VLA] = None) -> Policy:
+    """The policy of method `name` from `model_dir` (see the module docstring for the files).
+
+    seed overrides random-skip's stored seed; vla reuses an already loaded base model
+    (policies built from one VLA share its weights, which no method changes).
+    """
+    if name not in METHODS:
+        raise ValueError(f'unknown method {name!r}; expected one of {METHODS}')
+    model_dir = Path(model_dir)
+    if vla is None:
+        _need(model_dir / VLA_JSON, 'behaviour cloning of the base VLA (save_vla)')
+        vla = load_vla(model_dir, map_location=device)
+    if name == 'full':
+        return GuidedPolicy(TorchRunner(vla), ModelSpec.from_model(vla), GuidanceConfig(),
+                            skipping=False)
+    if name in ('dysl', 'dysl-no-preskip', 'dysl-no-verify'):
+        _need(model_dir / DYSL_JSON, DYSL_COMMAND.format(model_dir=model_dir))
+        flags = {'dysl-no-preskip': {'pre_skip': False},
+                 'dysl-no-verify': {'verify': False}}.get(name, {})
+        return _dysl_policy(vla, model_dir, flags)
+    if name in ABLATIONS:
+        directory = ablation_dir(model_dir, name)
+        _need(directory / DYSL_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
+        return _dysl_policy(vla, directory, {})
+    directory = baseline_dir(model_dir, name)
+    _need(directory / BASELINE_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
+    if name == 'random-skip':
+        meta = read_random_skip(directory)
+        return random_skip_policy(vla, Layout.from_dict(meta['layout']), meta['q'],
+                                  meta['seed'] if seed is None else seed)
+    module, _ = load_baseline(directory, vla)
+    head = vla.head if name == 'flexidepth' else getattr(module, 'head', None)
+    return BaselinePolicy(vla, module, head, name)
+
+
+def random_skip_policy(vla: VLA, layout: Layout, q: float, seed: int = 0) -> GuidedPolicy:
+    """Random skip through the same segment walk: pre-skip and verification off."""
+    runner = RandomSkipRunner(TorchRunner(vla), q, seed)
+    return GuidedPolicy(runner, ModelSpec.from_model(vla, layout),
+                        GuidanceConfig(pre_skip=False, verify=False))
+
+
+def read_random_skip(directory: Path) -> dict:
+    """The random-skip baseline's JSON: q, seed, layout (validated)."""
+    path = Path(directory) / BASELINE_JSON
+    meta = read_json(path)
+    if meta.get('format') != RANDOM_SKIP_FORMAT or meta.get('method') != 'random-skip':
+        raise ValueError(f'{path}: not a random-skip baseline of format {RANDOM_SKIP_FORMAT}')
+    missing = sorted({'q', 'seed', 'layout'} - set(meta))
+    if missing:
+        raise ValueError(f'{path}: missing keys {missing}')
+    return meta
+
+
+def _dysl_policy(vla: VLA, directory: Path, flags: dict) -> GuidedPolicy:
+    dysl, guidance = load_dysl(directory, vla)
+    try:
+        gcfg = dataclasses.replace(from_dict(GuidanceConfig, guidance), **flags)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{directory / DYSL_JSON}: bad guidance entry ({e})') from None
+    spec = ModelSpec.from_model(vla, dysl.layout, dysl.cfg.skip_threshold)
+    return GuidedPolicy(TorchRunner(vla, dysl), spec, gcfg)
+
+
+def _need(path: Path, how: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} is missing; make it with: {how}')
