@@ -17,6 +17,8 @@ COMMANDS = {
     'train-bc': ('dysl_ros.train.bc', 'behaviour cloning of the VLA from demo episodes'),
     'calibrate': ('dysl_ros.train.calibrate', 'choose static layers and tau for a model'),
     'distill': ('dysl_ros.train.distill', 'two-stage distillation of the DySL parts'),
+    'export': ('dysl_ros.export.onnx_export', 'export per-unit ONNX graphs and a manifest'),
+    'engines': ('dysl_ros.export.tensorrt_build', 'build TensorRT engines from an export'),
     'train-baselines': ('dysl_ros.train.baselines',
                         'train / calibrate the baselines and the DySL ablations'),
 }

@@ -8,6 +8,8 @@ import importlib
 BENCHES = {
     'closed-loop': ('dysl_ros.bench.closed_loop',
                     'success rate, layers run and speedup in the simulation, per method'),
+    'latency': ('dysl_ros.bench.latency',
+                'full depth vs DySL latency per backend, per-unit breakdown'),
 }
 
 

@@ -1,0 +1,336 @@
+"""`python -m dysl_ros export`: a DySL model -> per-unit ONNX graphs + manifest.json.
+
+Units: the embedder, every backbone layer (static and dynamic alike), every adapter, every
+controller (or, with --fuse-controllers, controller j inside the graph of layer j - 1, whose
+output it reads) and the head. Batch 1, static shapes, opset 18 by default, each graph
+`onnx.checker`-clean (full check). The TorchScript exporter (dynamo=False) is used: it gives
+clean static graphs for both our blocks and Hugging Face Llama layers, and needs no
+onnxscript. Each unit is exported on its own, so blocks that share a class never share a
+graph. After export every unit is run through ONNX Runtime, from the manifest, on the same
+input as PyTorch and compared (fp32: relative error <= 1e-4).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..guidance import GuidanceConfig
+from ..model.dysl import DySL
+from .manifest import (MANIFEST_NAME, Manifest, TensorSpec, Unit, guidance_config,
+                       sha256_file, unit_name)
+
+DEFAULT_OPSET = 18
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / 'models' / 'default'
+RTOL = {'float32': 1e-4, 'float16': 1e-2}  # parity bound per export precision
+_DTYPE = {torch.float32: 'float32', torch.float16: 'float16'}
+
+
+class ExportError(RuntimeError):
+    """A unit could not be exported, or does not match PyTorch after export."""
+
+
+# -- unit graphs -------------------------------------------------------------------------
+
+class _Embed(nn.Module):
+    """images (1, N, 3, S, S) float32, tokens (1, L) int64 -> hidden (1, T, C) in model dtype."""
+
+    def __init__(self, embed: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.embed, self.dtype = embed, dtype
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed(images.to(self.dtype), tokens)
+
+
+class _Float(nn.Module):
+    """A unit whose single output is returned as float32 (head chunk, controller prob)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).float()
+
+
+class _LayerAndController(nn.Module):
+    """Layer j - 1 fused with controller j: hidden -> (hidden_out, prob of skipping j)."""
+
+    def __init__(self, block: nn.Module, controller: nn.Module):
+        super().__init__()
+        self.block, self.controller = block, controller
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.block(x)  # (1, T, C)
+        return y, self.controller(y).float()  # (1,)
+
+
+@dataclass(frozen=True)
+class UnitCheck:
+    """How far one exported unit is from PyTorch on the same input."""
+
+    unit: str
+    max_abs: float
+    mean_abs: float
+    rel: float  # max_abs / max |reference|
+
+    def describe(self) -> str:
+        return (f'{self.unit}: max abs error {self.max_abs:.3g}, mean {self.mean_abs:.3g}, '
+                f'relative {self.rel:.3g}')
+
+
+def _export_graph(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str],
+                  outputs: Sequence[str], opset: int) -> None:
+    with warnings.catch_warnings():
+        # dynamo=False is deliberate (see the module docstring); its deprecation notice and
+        # tracer remarks about Python values frozen into static shapes are expected.
+        warnings.filterwarnings('ignore', message='.*TorchScript-based ONNX export.*')
+        warnings.filterwarnings('ignore', message='.*feature will be removed.*')
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                          input_names=list(inputs), output_names=list(outputs),
+                          do_constant_folding=True)
+
+
+def _tensor_specs(values: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
+    specs = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField('dim_value') else 0 for d in t.shape.dim]
+        if any(d < 1 for d in dims):
+            raise ExportError(f'{path}: tensor {v.name!r} has a dynamic shape {dims}; the '
+                              'export must be static (batch 1)')
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        specs.append(TensorSpec(v.name, tuple(dims), dtype))
+    return tuple(specs)
+
+
+def _write_unit(module: nn.Module, args: tuple, out_dir: Path, kind: str, index: Optional[int],
+                inputs: Sequence[str], outputs: Sequence[str], opset: int,
+                fused: Optional[int] = None) -> Unit:
+    name = unit_name(kind, index)
+    path = out_dir / f'{name}.onnx'
+    try:
+        _export_graph(module, args, path, inputs, outputs, opset)
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # exporter and checker raise many types; name the unit
+        raise ExportError(f'unit {name} ({path}): {type(e).__name__}: {e}') from e
+    return Unit(name=name, kind=kind, index=index, file=path.name, sha256=sha256_file(path),
+                inputs=_tensor_specs(model.graph.input, path),
+                outputs=_tensor_specs(model.graph.output, path), fused_controller=fused)
+
+
+def sample_inputs(vla: nn.Module, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic embedder inputs for `vla`: images (1, N, 3, S, S) in [-1, 1], tokens."""
+    cfg = vla.cfg
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(1, len(cfg.cameras), 3, cfg.image_size, cfg.image_size,
+                        generator=g) * 2 - 1
+    tokens = torch.randint(2, len(vla.tokenizer), (1, cfg.max_instruction_tokens), generator=g)
+    return images, tokens
+
+
+def export_model(vla: nn.Module, dysl: DySL, out_dir: Path | str,
+                 guidance: GuidanceConfig | dict, *, opset: int = DEFAULT_OPSET,
+                 fuse_controllers: bool = False, check: bool = True,
+                 rtol: Optional[float] = None, seed: int = 0,
+                 progress: bool = True) -> tuple[Manifest, list[UnitCheck]]:
+    """Export every unit of (vla, dysl) into out_dir, write the manifest, check parity.
+
+    `vla` is the default VLA or anything shaped like it (embed, blocks, head, cfg,
+    tokenizer, action_mean/std). Returns the manifest and, with check, one UnitCheck per
+    unit; a unit beyond the tolerance raises ExportError naming it with its errors.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(guidance, GuidanceConfig):
+        guidance = guidance_config(guidance, 'guidance')
+    if list(dysl.blocks) != list(vla.blocks):
+        raise ExportError('dysl must wrap the blocks of vla (DySL(vla.blocks, ...))')
+    vla.eval()
+    dysl.eval()
+    layout = dysl.layout
+    param = next(vla.blocks.parameters())
+    dtype, device = param.dtype, param.device
+    if dtype not in _DTYPE:
+        raise ExportError(f'model dtype {dtype} is not exportable: use float32 or float16')
+    images, tokens = sample_inputs(vla, seed)
+    images, tokens = images.to(device), tokens.to(device)
+    with torch.no_grad():
+        embed = _Embed(vla.embed, dtype)
+        x0 = embed(images, tokens)
+        _, hiddens = dysl.forward_full(x0, collect=True)  # input of every layer + the output
+    fused = set(layout.dynamic) if fuse_controllers else set()
+
+    hidden, out = ('hidden',), ('hidden_out',)
+    # (module, example inputs, kind, index, input names, output names, fused controller)
+    graphs: list[tuple] = [(embed, (images, tokens), 'embed', None, ('images', 'tokens'),
+                            hidden, None)]
+    for i in range(layout.num_layers):
+        if i + 1 in fused:
+            graphs.append((_LayerAndController(vla.blocks[i], dysl.controllers[str(i + 1)]),
+                           (hiddens[i],), 'layer', i, hidden, out + ('prob',), i + 1))
+        else:
+            graphs.append((vla.blocks[i], (hiddens[i],), 'layer', i, hidden, out, None))
+    for j in layout.dynamic:
+        graphs.append((dysl.adapters[str(j)], (hiddens[j],), 'adapter', j, hidden, out, None))
+        if j not in fused:
+            graphs.append((_Float(dysl.controllers[str(j)]), (hiddens[j],), 'controller', j,
+                           hidden, ('prob',), None))
+    graphs.append((_Float(vla.head), (hiddens[-1],), 'head', None, hidden, ('chunk',), None))
+    units = [_write_unit(m, args, out_dir, kind, index, ins, outs, opset, f)
+             for m, args, kind, index, ins, outs, f in tqdm(
+                 graphs, desc='export', unit='unit', disable=not progress, leave=False)]
+    cfg = vla.cfg
+    manifest = Manifest(
+        directory=out_dir, units=tuple(units), layout=layout, cameras=cfg.cameras,
+        image_size=cfg.image_size, vocab=tuple(vla.tokenizer.vocab),
+        max_instruction_tokens=cfg.max_instruction_tokens, action_names=cfg.action_names,
+        chunk_size=cfg.chunk_size,
+        action_mean=tuple(vla.action_mean.detach().float().cpu().tolist()),
+        action_std=tuple(vla.action_std.detach().float().cpu().tolist()),
+        d_model=cfg.d_model, num_tokens=int(x0.shape[1]),
+        skip_threshold=dysl.cfg.skip_threshold, guidance=dataclasses.asdict(guidance),
+        precision=_DTYPE[dtype], opset=opset,
+        exporter={'torch': torch.__version__, 'onnx': onnx.__version__,
+                  'exporter': 'torch.onnx.export(dynamo=False)'})
+    manifest.save()
+    checks: list[UnitCheck] = []
+    if check:
+        from ..runtime.onnx_runner import OnnxRunner
+        runner = OnnxRunner(manifest, providers=['CPUExecutionProvider'])
+        checks = compare_units(vla, dysl, runner, images.cpu().numpy(), tokens.cpu().numpy())
+        bound = RTOL[manifest.precision] if rtol is None else rtol
+        bad = [c for c in checks if not c.rel <= bound]
+        if bad:
+            raise ExportError(f'{len(bad)} unit(s) differ from PyTorch beyond relative error '
+                              f'{bound:g}: ' + '; '.join(c.describe() for c in bad))
+    return manifest, checks
+
+
+def _errors(name: str, got: np.ndarray, ref: np.ndarray) -> UnitCheck:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        raise ExportError(f'{name}: output shape {got.shape} differs from PyTorch {ref.shape}')
+    diff = np.abs(got - ref)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    return UnitCheck(name, float(diff.max()), float(diff.mean()), float(diff.max()) / scale)
+
+
+@torch.no_grad()
+def compare_units(vla: nn.Module, dysl: DySL, runner: Any, images: np.ndarray,
+                  tokens: np.ndarray,
+                  to_hidden: Callable[[np.ndarray], Any] = lambda a: a,
+                  to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> list[UnitCheck]:
+    """Every unit of `runner` against PyTorch on the same input; the hidden-state inputs are
+    PyTorch's own full-depth hidden states (so errors do not accumulate along the stack).
+
+    to_hidden / to_numpy convert numpy arrays to the runner's hidden-state type and back
+    (identity for ONNX Runtime; a device tensor for TensorRT).
+    """
+    param = next(vla.blocks.parameters())
+    embed = _Embed(vla.embed, param.dtype)
+    x0 = embed(torch.from_numpy(images).to(param.device),
+               torch.from_numpy(tokens).to(param.device))  # (1, T, C)
+    _, hiddens = dysl.forward_full(x0, collect=True)
+    h = [t.cpu().numpy() for t in hiddens]
+    checks = [_errors('embed', to_numpy(runner.embed(images, tokens)), x0.cpu().numpy())]
+    for i in range(dysl.layout.num_layers):
+        checks.append(_errors(f'layer_{i}', to_numpy(runner.layer(i, to_hidden(h[i]))), h[i + 1]))
+    for j in dysl.layout.dynamic:
+        ref = dysl.adapters[str(j)](hiddens[j]).cpu().numpy()
+        checks.append(_errors(f'adapter_{j}', to_numpy(runner.adapter(j, to_hidden(h[j]))), ref))
+        prob = dysl.controllers[str(j)](hiddens[j]).float().cpu().numpy()  # (1,)
+        if j - 1 >= 0 and getattr(runner, 'fused', {}).get(j) is not None:
+            x = runner.layer(j - 1, to_hidden(h[j - 1]))  # the fused graph computes it
+            got = runner.controller(j, x)
+        else:
+            got = runner.controller(j, to_hidden(h[j]))
+        checks.append(_errors(f'controller_{j}', np.array([got]), prob))
+    ref = vla.head(hiddens[-1]).float()[0].cpu().numpy()
+    checks.append(_errors('head', runner.head(to_hidden(h[-1])), ref))
+    return checks
+
+
+# -- command line ------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
+                        help='model directory with vla.json and dysl.json '
+                             '(default: the embedded models/default)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='export directory (default: <model>/onnx)')
+    parser.add_argument('--fresh', action='store_true',
+                        help='export a freshly built default-size model (random weights, '
+                             'calibrated layout) instead of --model: a smoke run')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help=f'ONNX opset (default {DEFAULT_OPSET})')
+    parser.add_argument('--fuse-controllers', action='store_true',
+                        help='put controller j in the graph of layer j - 1 (one graph less per '
+                             'dynamic layer; the probability is then computed on every pass)')
+    parser.add_argument('--no-check', action='store_true',
+                        help='skip the ONNX Runtime vs PyTorch parity check')
+    parser.add_argument('--rtol', type=float, default=None,
+                        help='parity bound on max abs error / max |reference| '
+                             '(default 1e-4 for fp32, 1e-2 for fp16)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the check inputs and of '
+                                                            '--fresh (default 0)')
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime.loading import fresh_model, load_torch_model
+    if args.fresh:
+        if args.out is None:
+            raise SystemExit('--fresh needs --out DIR')
+        vla, dysl = fresh_model(seed=args.seed)
+        guidance, source = GuidanceConfig(), 'a fresh default-size model (random weights)'
+    else:
+        if not (Path(args.model) / 'vla.json').is_file():
+            raise SystemExit(f'{args.model}: no model (vla.json); train one, pass --model DIR, '
+                             'or use --fresh --out DIR for a smoke export')
+        vla, dysl, guidance = load_torch_model(args.model)
+        if dysl is None:
+            raise SystemExit(f'{args.model}: no DySL parts (dysl.json); train them first, or '
+                             'use --fresh --out DIR for a smoke export')
+        source = str(args.model)
+    out = args.out or Path(args.model) / 'onnx'
+    try:
+        manifest, checks = export_model(vla, dysl, out, guidance, opset=args.opset,
+                                        fuse_controllers=args.fuse_controllers,
+                                        check=not args.no_check, rtol=args.rtol,
+                                        seed=args.seed)
+    except ExportError as e:
+        print(f'export failed: {e}')
+        return 1
+    by_unit = {c.unit: c for c in checks}
+    print(f'exported {source}: {len(manifest.units)} units, opset {manifest.opset}, '
+          f'{manifest.precision}, layout static {list(manifest.layout.static)} '
+          f'of {manifest.layout.num_layers}')
+    print(f'{"unit":<15} {"inputs":<40} {"outputs":<28} {"rel err":>9}')
+    for u in manifest.units:
+        ins = ' '.join(f'{t.name}{list(t.shape)}' for t in u.inputs)
+        outs = ' '.join(f'{t.name}{list(t.shape)}' for t in u.outputs)
+        rel = f'{by_unit[u.name].rel:.2e}' if u.name in by_unit else '-'
+        print(f'{u.name:<15} {ins:<40} {outs:<28} {rel:>9}')
+        if u.fused_controller is not None and f'controller_{u.fused_controller}' in by_unit:
+            c = by_unit[f'controller_{u.fused_controller}']
+            print(f'{"  +controller_" + str(u.fused_controller):<15} {"(fused)":<40} '
+                  f'{"prob[1]":<28} {c.rel:>9.2e}')
+    if checks:
+        worst = max(checks, key=lambda c: c.rel)
+        print(f'parity vs PyTorch: every unit within {args.rtol or RTOL[manifest.precision]:g} '
+              f'(worst {worst.describe()})')
+    g = manifest.guidance_config()
+    print(f'tau {g.tau:g}, K {g.history}; manifest: {out / MANIFEST_NAME}')
+    return 0

@@ -1,0 +1,182 @@
+"""TensorRT runner: one engine per exported unit, hidden states stay on the GPU.
+
+TensorRT 10 name-based API only (num_io_tensors, get_tensor_name, get_tensor_mode,
+set_input_shape, set_tensor_address, execute_async_v3). Device buffers are torch CUDA
+tensors: JetPack ships torch, its caching allocator makes a fresh output per unit cheap,
+and it creates the CUDA context in whichever thread first uses the runner (no invalid
+handles when a ROS executor thread runs inference). Everything is queued on one stream of
+the runner's; the only host synchronisations are a controller's probability (`.item()`,
+one per active controller), the head's chunk, and `synchronize()`.
+
+Engines come from `export.tensorrt_build.EngineCache` (built or loaded, keyed by ONNX
+sha256 + TensorRT version + GPU + precision); every engine's tensors are checked against the
+manifest and every unit runs once at construction, so a bad engine fails at load time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..export.manifest import Manifest, check_tensors, unit_name
+from ..export.tensorrt_build import EngineCache, EngineError, _logger, require_tensorrt
+
+_TRT_DTYPES = {'FLOAT': 'float32', 'HALF': 'float16', 'INT64': 'int64', 'INT32': 'int32'}
+_TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'int64': torch.int64,
+                 'int32': torch.int32}
+
+
+@dataclass
+class _Bound:
+    """An engine with its execution context and I/O, ready to run."""
+
+    engine: Any
+    context: Any
+    inputs: list[str]
+    outputs: list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+class TensorRTRunner:
+    """Runs the units of an export with TensorRT engines (fp16 by default).
+
+    Hidden states are CUDA tensors owned by the runner's caller chain (a fresh tensor per
+    unit output); `head` returns a host (H, D) float32 array owned by the caller.
+    build=False refuses (EngineError) instead of building a missing or stale engine.
+    """
+
+    name = 'tensorrt'
+
+    def __init__(self, manifest: Manifest | Path | str, cache_dir: Optional[Path] = None,
+                 precision: str = 'fp16', build: bool = True, device: int = 0,
+                 workspace_gb: float = 2.0, log: Any = print):
+        trt = require_tensorrt()
+        if not torch.cuda.is_available():
+            raise EngineError('the tensorrt backend needs a CUDA GPU, and torch sees none')
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self.device = torch.device('cuda', device)
+        self.stream = torch.cuda.Stream(self.device)
+        self.cache = EngineCache(self.manifest, cache_dir, precision, device, workspace_gb, log)
+        self._logger = _logger(log)
+        self._runtime = trt.Runtime(self._logger)
+        self._units: dict[str, _Bound] = {}
+        with torch.cuda.device(self.device):
+            for unit in self.manifest.units:
+                engine, path = self.cache.engine(self._runtime, unit, build=build)
+                self._units[unit.name] = self._bind(trt, unit, engine, path)
+        self.fused = {u.fused_controller: u.index for u in self.manifest.units
+                      if u.fused_controller is not None}
+        self._fused_prob: Optional[tuple[int, torch.Tensor, torch.Tensor]] = None
+        embed = self.manifest.unit('embed')
+        self._embed_inputs = {t.name: t for t in embed.inputs}
+        self._warm_up()
+
+    @staticmethod
+    def _bind(trt: Any, unit: Any, engine: Any, path: Path) -> _Bound:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+        def meta(n: str) -> tuple[str, tuple[int, ...], str]:
+            dt = engine.get_tensor_dtype(n).name
+            return n, tuple(engine.get_tensor_shape(n)), _TRT_DTYPES.get(dt, dt)
+
+        by_name = lambda specs: sorted(specs, key=lambda t: t.name)  # noqa: E731
+        check_tensors(unit, sorted(meta(n) for n in ins), 'engine inputs', by_name(unit.inputs),
+                      str(path))
+        check_tensors(unit, sorted(meta(n) for n in outs), 'engine outputs',
+                      by_name(unit.outputs), str(path))
+        context = engine.create_execution_context()
+        if context is None:
+            raise EngineError(f'{path}: TensorRT could not create an execution context '
+                              '(out of GPU memory?)')
+        for t in unit.inputs:
+            if not context.set_input_shape(t.name, t.shape):
+                raise EngineError(f'{path}: input {t.name} does not accept shape {t.shape}')
+        return _Bound(engine, context, [t.name for t in unit.inputs],  # the manifest's order
+                      [(t.name, t.shape, _TORCH_DTYPES[t.dtype]) for t in unit.outputs])
+
+    def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        b = self._units[name]
+        with torch.cuda.stream(self.stream):  # outputs are allocated for this stream
+            outs = [torch.empty(shape, dtype=dtype, device=self.device)
+                    for _, shape, dtype in b.outputs]
+        for n, t in zip(b.inputs, inputs):
+            b.context.set_tensor_address(n, t.data_ptr())
+        for (n, _, _), t in zip(b.outputs, outs):
+            b.context.set_tensor_address(n, t.data_ptr())
+        if not b.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f'TensorRT failed to run unit {name}')
+        return outs
+
+    def _warm_up(self) -> None:
+        """Run every unit once on zeros: kernels load now, not in the first control step."""
+        imgs = {k: np.zeros(t.shape, dtype=t.dtype) for k, t in self._embed_inputs.items()}
+        x = self.embed(imgs['images'], imgs['tokens'])
+        for i in range(self.manifest.layout.num_layers):
+            y = self.layer(i, x)
+            if i + 1 in self.fused:
+                self.controller(i + 1, y)
+            x = y
+        for j in self.manifest.layout.dynamic:
+            self.adapter(j, x)
+            if j not in self.fused:
+                self.controller(j, x)
+        self.head(x)
+        self.synchronize()
+
+    # -- the Runner protocol --------------------------------------------------------------
+
+    def embed(self, images: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
+        for arr, key in ((images, 'images'), (tokens, 'tokens')):
+            want = self._embed_inputs[key]
+            if tuple(arr.shape) != want.shape or arr.dtype != np.dtype(want.dtype):
+                raise ValueError(f'{key}: expected {want.shape} {want.dtype}, got '
+                                 f'{tuple(arr.shape)} {arr.dtype} (use ModelSpec.prepare)')
+        with torch.cuda.stream(self.stream):
+            imgs = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            toks = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device)
+        return self._run('embed', imgs, toks)[0]
+
+    def layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        outs = self._run(unit_name('layer', i), x)
+        if i + 1 in self.fused:
+            self._fused_prob = (i + 1, outs[0], outs[1])
+        return outs[0]
+
+    def adapter(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        return self._run(unit_name('adapter', j), x)[0]
+
+    def controller(self, j: int, x: torch.Tensor) -> float:
+        if j in self.fused:
+            last = self._fused_prob
+            if last is None or last[0] != j or last[1] is not x:
+                raise RuntimeError(f'controller {j} is fused into layer {j - 1}: it can only '
+                                   f'judge that layer\'s latest output')
+            prob = last[2]
+        else:
+            prob = self._run(unit_name('controller', j), x)[0]
+        with torch.cuda.stream(self.stream):
+            return float(prob[0].item())  # the one host synchronisation per controller
+
+    def head(self, x: torch.Tensor) -> np.ndarray:
+        chunk = self._run('head', x)[0]
+        with torch.cuda.stream(self.stream):
+            return chunk[0].float().cpu().numpy()  # (H, D), synchronises
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def __enter__(self) -> 'TensorRTRunner':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free contexts and engines (before the CUDA context goes away)."""
+        self.synchronize()
+        self._units.clear()
+        self._fused_prob = None

@@ -1,0 +1,336 @@
+"""Per-unit ONNX export + manifest, and ONNX Runtime against PyTorch: every unit, whole guided
+steps, the work the executor does, and refusal of tampered files."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dysl_ros.export import onnx_export
+from dysl_ros.export.manifest import MANIFEST_NAME, Manifest, ManifestError
+from dysl_ros.export.onnx_export import compare_units, export_model
+from dysl_ros.guidance import GuidanceConfig
+from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.model.io import save_dysl, save_vla
+from dysl_ros.runtime.loading import load_guided_policy, load_model, make_runner
+from dysl_ros.runtime.onnx_runner import OnnxRunner
+from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
+from dysl_ros.runtime.torch_runner import TorchRunner
+
+TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
+LAYOUT = Layout(8, (0, 3, 6))
+# A small tau and a generous release make the allow points move on random frames.
+GUIDANCE = GuidanceConfig(tau=0.05, release_margin=1.0)
+INSTRUCTION = 'pick up the red block'
+
+
+def observations(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{c: rng.integers(0, 256, (48, 48, 3), np.uint8) for c in TINY.cameras}
+            for _ in range(n)]
+
+
+def build_model():
+    """Tiny VLA + DySL with working adapters and controllers centred on their decision
+    boundary (median logit over calibration frames = 0), so decisions vary."""
+    torch.manual_seed(0)
+    vla = VLA(TINY).eval()
+    vla.set_action_stats(np.linspace(-1, 1, 7), np.full(7, 0.5))
+    dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for a in dysl.adapters.values():
+            a.up.weight.copy_(torch.randn(a.up.weight.shape, generator=g) * 0.05)
+        for c in dysl.controllers.values():
+            c.out.weight.copy_(torch.randn(c.out.weight.shape, generator=g) * 10)
+        logits = {j: [] for j in LAYOUT.dynamic}
+        for images in observations(16, seed=99):
+            pixels, tokens = spec.prepare(images, INSTRUCTION)
+            x0 = vla.embed(torch.from_numpy(pixels), torch.from_numpy(tokens))
+            _, hiddens = dysl.forward_full(x0, collect=True)
+            for j in LAYOUT.dynamic:
+                c = dysl.controllers[str(j)]
+                logits[j].append(c.out(torch.tanh(c.fc(c.norm(hiddens[j]).mean(1)))).item())
+        for j, values in logits.items():
+            dysl.controllers[str(j)].out.bias.sub_(float(np.median(values)))
+    return vla, dysl
+
+
+def _stats_key(stats):
+    return (stats.layer_ids, stats.skipped_at, stats.verified, stats.allow_points,
+            stats.layers_run)
+
+
+def _assert_close(got, ref, what, rtol=1e-4):
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    assert err.max() <= rtol * scale, (f'{what}: max abs error {err.max():.3g}, mean '
+                                       f'{err.mean():.3g}, relative {err.max() / scale:.3g}')
+
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and threads stall on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope='module')
+def model():
+    return build_model()
+
+
+@pytest.fixture(scope='module')
+def model_dir(model, tmp_path_factory):
+    vla, dysl = model
+    d = tmp_path_factory.mktemp('model')
+    save_vla(vla, d)
+    save_dysl(dysl, d, {'tau': GUIDANCE.tau, 'release_margin': GUIDANCE.release_margin})
+    return d
+
+
+@pytest.fixture(scope='module')
+def export_dir(model_dir, tmp_path_factory):
+    """The export made by the command line tool (`python -m dysl_ros export`)."""
+    out = tmp_path_factory.mktemp('export')
+    parser = argparse.ArgumentParser()
+    onnx_export.add_arguments(parser)
+    assert onnx_export.run(parser.parse_args(['--model', str(model_dir), '--out', str(out)])) == 0
+    return out
+
+
+def test_manifest_describes_every_unit(model, export_dir):
+    vla, dysl = model
+    m = Manifest.load(export_dir)
+    names = {u.name for u in m.units}
+    assert names == ({'embed', 'head'} | {f'layer_{i}' for i in range(8)}
+                     | {f'{k}_{j}' for j in LAYOUT.dynamic for k in ('adapter', 'controller')})
+    assert m.layout == LAYOUT and m.opset >= 17 and m.precision == 'float32'
+    g = m.guidance_config()
+    assert (g.tau, g.history, g.release_margin) == (0.05, 5, 1.0)
+    spec = m.spec()
+    assert spec.cameras == TINY.cameras and spec.image_size == TINY.image_size
+    assert spec.tokenizer.vocab == vla.tokenizer.vocab and spec.action_names == TINY.action_names
+    np.testing.assert_allclose(spec.action_mean, vla.action_mean.numpy())
+    np.testing.assert_allclose(spec.action_std, vla.action_std.numpy())
+    T, C = TINY.num_tokens, TINY.d_model
+    embed = m.unit('embed')
+    assert [(t.name, t.shape, t.dtype) for t in embed.inputs] == [
+        ('images', (1, 2, 3, 32, 32), 'float32'), ('tokens', (1, 12), 'int64')]
+    assert m.unit('layer', 4).outputs[0].shape == (1, T, C)
+    assert m.unit('controller', 5).outputs[0].shape == (1,)
+    assert m.unit('head').outputs[0].shape == (1, TINY.chunk_size, 7)
+    m.verify()
+    for u in m.units:
+        model_proto = onnx.load(str(m.path(u)))
+        onnx.checker.check_model(model_proto, full_check=True)
+        assert model_proto.opset_import[0].version == m.opset
+
+
+def test_every_unit_matches_pytorch(model, export_dir):
+    vla, dysl = model
+    runner = OnnxRunner(export_dir)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    for seed, images in enumerate(observations(2, seed=5)):
+        pixels, tokens = spec.prepare(images, 'open the drawer' if seed else INSTRUCTION)
+        checks = compare_units(vla, dysl, runner, pixels, tokens)
+        assert len(checks) == 2 + 8 + 2 * len(LAYOUT.dynamic)
+        bad = [c.describe() for c in checks if not c.rel <= 1e-4]
+        assert not bad, f'units beyond relative error 1e-4: {bad}'
+
+
+def test_guided_steps_match_pytorch(model, export_dir):
+    vla, dysl = model
+    ref = GuidedPolicy(TorchRunner(vla, dysl), ModelSpec.from_model(vla, LAYOUT), GUIDANCE)
+    ort_policy = load_guided_policy('onnxruntime', export_dir)
+    assert ort_policy.guidance.cfg == GUIDANCE
+    keys = []
+    for t, images in enumerate(observations(16)):
+        chunk_ref, s_ref = ref.step(images, INSTRUCTION)
+        chunk, s = ort_policy.step(images, INSTRUCTION)
+        assert _stats_key(s) == _stats_key(s_ref), f'step {t}: decisions differ'
+        _assert_close(chunk, chunk_ref, f'step {t} chunk')
+        assert type(s) is type(s_ref) and set(s.latency_ms) == set(s_ref.latency_ms)
+        assert s.continuity == pytest.approx(s_ref.continuity, rel=1e-3, abs=1e-6)
+        keys.append(_stats_key(s))
+    # the sequence exercises the guidance: skips and full segments, moving points, verification
+    assert len({tuple(k[1]) for k in keys}) >= 3, keys
+    assert len({tuple(k[3]) for k in keys}) >= 2, keys
+    assert any(k[2] for k in keys) and not all(k[2] for k in keys), keys
+
+
+class Counting:
+    """Records every unit call of a runner."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.calls = inner, inner.name, []
+
+    def embed(self, images, tokens):
+        self.calls.append(('embed', None))
+        return self.inner.embed(images, tokens)
+
+    def layer(self, i, x):
+        self.calls.append(('layer', i))
+        return self.inner.layer(i, x)
+
+    def adapter(self, j, x):
+        self.calls.append(('adapter', j))
+        return self.inner.adapter(j, x)
+
+    def controller(self, j, x):
+        self.calls.append(('controller', j))
+        return self.inner.controller(j, x)
+
+    def head(self, x):
+        self.calls.append(('head', None))
+        return self.inner.head(x)
+
+    def synchronize(self):
+        self.inner.synchronize()
+
+
+def test_executor_runs_exactly_the_decided_units(export_dir):
+    loaded = load_model('onnxruntime', export_dir)
+    counting = Counting(loaded.runner)
+    policy = GuidedPolicy(counting, loaded.spec, loaded.guidance)
+    for t, images in enumerate(observations(12)):
+        counting.calls.clear()
+        _, s = policy.step(images, INSTRUCTION)
+        calls = Counter(counting.calls)
+        layers = Counter(i for kind, i in counting.calls if kind == 'layer')
+        expected = Counter(s.layer_ids) + (Counter(range(8)) if s.verified else Counter())
+        assert layers == expected, f'step {t}: layers {layers} vs decided {expected}'
+        skips = [j for j in s.skipped_at if j is not None]
+        assert sorted(j for kind, j in counting.calls if kind == 'adapter') == skips
+        # a controller is asked only from its segment's allow point up to the skip (one
+        # host synchronisation each), never in the verification pass
+        for k, seg in enumerate(LAYOUT.segments):
+            last = seg.end - 1 if s.skipped_at[k] is None else s.skipped_at[k]
+            asked = sorted(j for kind, j in counting.calls
+                           if kind == 'controller' and seg.static < j < seg.end)
+            assert asked == list(range(s.allow_points[k], last + 1)), (t, k, asked)
+        assert calls[('embed', None)] == 1 and calls[('head', None)] == 1 + s.verified
+
+
+def test_tampered_or_missing_unit_is_refused_by_name(export_dir, tmp_path):
+    copy = tmp_path / 'export'
+    shutil.copytree(export_dir, copy)
+    path = copy / 'layer_3.onnx'
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r'layer_3\.onnx.*sha256'):
+        OnnxRunner(copy)
+    with pytest.raises(ManifestError, match='layer_3.onnx'):
+        Manifest.load(copy).verify()
+    (copy / 'adapter_4.onnx').unlink()
+    shutil.copy(export_dir / 'layer_3.onnx', path)
+    with pytest.raises(ManifestError, match=r'adapter_4\.onnx: missing'):
+        make_runner('onnxruntime', copy)
+
+
+def test_manifest_that_disagrees_with_a_graph_is_refused(export_dir, tmp_path):
+    copy = tmp_path / 'export'
+    shutil.copytree(export_dir, copy)
+    d = json.loads((copy / MANIFEST_NAME).read_text())
+    head = next(u for u in d['units'] if u['name'] == 'head')
+    head['outputs'][0]['shape'] = [1, 4, 7]
+    (copy / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match=r'unit head outputs'):
+        OnnxRunner(copy)
+    del d['units'][0]  # the embedder
+    (copy / MANIFEST_NAME).write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="units \\['embed'\\] are missing"):
+        Manifest.load(copy)
+
+
+def test_runner_checks_its_inputs(export_dir):
+    with OnnxRunner(export_dir) as runner:
+        with pytest.raises(ValueError, match=r'images: expected \(1, 2, 3, 32, 32\) float32'):
+            runner.embed(np.zeros((1, 2, 3, 48, 48), np.float32), np.zeros((1, 12), np.int64))
+        with pytest.raises(ValueError, match='tokens: expected'):
+            runner.embed(np.zeros((1, 2, 3, 32, 32), np.float32), np.zeros((1, 12), np.int32))
+
+
+def test_runner_factory(model_dir, export_dir):
+    torch_policy = load_guided_policy('torch', model_dir)
+    ort_policy = load_guided_policy('onnxruntime', export_dir / MANIFEST_NAME)
+    assert torch_policy.runner.name == 'torch' and ort_policy.runner.name == 'onnxruntime'
+    assert torch_policy.guidance.cfg == ort_policy.guidance.cfg == GUIDANCE
+    for images in observations(3, seed=7):
+        a, sa = torch_policy.step(images, INSTRUCTION)
+        b, sb = ort_policy.step(images, INSTRUCTION)
+        assert _stats_key(sa) == _stats_key(sb)
+        _assert_close(b, a, 'chunk')
+    with pytest.raises(ValueError, match="backend='tflite' is invalid"):
+        make_runner('tflite', export_dir)
+    with pytest.raises(ValueError, match='torch backend runs a model directory'):
+        make_runner('torch', export_dir)
+    with pytest.raises(ValueError, match='python -m dysl_ros export'):
+        make_runner('onnxruntime', model_dir)
+
+
+def test_fused_controllers_match_pytorch(model, tmp_path):
+    vla, dysl = model
+    manifest, checks = export_model(vla, dysl, tmp_path, GUIDANCE, fuse_controllers=True,
+                                    progress=False)
+    assert not any(u.kind == 'controller' for u in manifest.units)
+    assert {u.fused_controller for u in manifest.units if u.kind == 'layer'} - {None} == set(
+        LAYOUT.dynamic)
+    assert all(c.rel <= 1e-4 for c in checks), [c.describe() for c in checks]
+    ref = GuidedPolicy(TorchRunner(vla, dysl), ModelSpec.from_model(vla, LAYOUT), GUIDANCE)
+    policy = load_guided_policy('onnxruntime', tmp_path)
+    for t, images in enumerate(observations(8)):
+        chunk_ref, s_ref = ref.step(images, INSTRUCTION)
+        chunk, s = policy.step(images, INSTRUCTION)
+        assert _stats_key(s) == _stats_key(s_ref), f'step {t}: decisions differ'
+        _assert_close(chunk, chunk_ref, f'step {t} chunk')
+    runner = policy.runner
+    x = runner.embed(*policy.spec.prepare(observations(1)[0], INSTRUCTION))
+    with pytest.raises(RuntimeError, match='controller 1 is fused into layer 0'):
+        runner.controller(1, x)  # x is not layer 0's output
+
+
+def test_llama_backbone_exports_and_matches_pytorch(tmp_path):
+    """Hugging Face Llama decoder layers (rotary, causal SDPA) export unit by unit too."""
+    from dysl_ros.bench.scale import LlamaScale, build_llama
+    vla, dysl = build_llama(LlamaScale('test', 3, 64, 4, 128, 'float32'), 'cpu')
+    manifest, checks = export_model(vla, dysl, tmp_path, GuidanceConfig(), progress=False)
+    assert manifest.num_tokens == 300 and manifest.layout.num_layers == 3
+    assert len(checks) == len(manifest.units)
+    bad = [c.describe() for c in checks if not c.rel <= 1e-4]
+    assert not bad, f'Llama units beyond relative error 1e-4: {bad}'
+
+
+NO_TORCH = """
+import sys
+sys.modules['torch'] = None  # every import of torch fails from here on
+import numpy as np
+from dysl_ros.runtime.loading import load_guided_policy
+policy = load_guided_policy('onnxruntime', sys.argv[1])
+images = {c: np.zeros((48, 48, 3), np.uint8) for c in policy.spec.cameras}
+chunk, stats = policy.step(images, 'pick up the red block')
+print(chunk.shape, stats.layers_total)
+"""
+
+
+def test_an_export_runs_without_torch(export_dir):
+    """The manifest alone builds the runner and the policy: no torch on the ONNX path."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])}
+    r = subprocess.run([sys.executable, '-c', NO_TORCH, str(export_dir)], capture_output=True,
+                       text=True, timeout=120, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ['(8,', '7)', '8']
