@@ -12,7 +12,9 @@ from typing import Optional, Sequence
 
 # command -> (module, one-line help)
 COMMANDS = {
-    'demo': ('dysl_ros.tools.demo', 'run the policy on the default model and print each step'),
+    'demo': ('dysl_ros.tools.demo',
+             'closed-loop demo: sim, policy and controller nodes over ROS 2, a table per episode'),
+    'gen-demos': ('dysl_ros.sim.demos', 'generate expert demonstration episodes in the simulation'),
     'bench': ('dysl_ros.bench.cli', 'benchmarks: print a table, write JSON'),
     'train-bc': ('dysl_ros.train.bc', 'behaviour cloning of the VLA from demo episodes'),
     'calibrate': ('dysl_ros.train.calibrate', 'choose static layers and tau for a model'),

@@ -1,0 +1,352 @@
+"""Expert demonstrations: parallel generation and reading.
+
+Episode format: one compressed .npz per successful expert episode, `<out>/<task>_s<seed>.npz`,
+with T = number of control steps and these keys:
+
+    images_<camera>  (T, H, W, 3) uint8  observation before action t, one key per camera
+    actions          (T, 7) float32      action t, in ACTION_NAMES order (see env.py)
+    phases           (T,) str            expert phase when action t was chosen
+    instruction      () str              the language instruction
+    task             () str              task name (TASKS)
+    seed             () int64            env.reset seed: replays the episode exactly
+    success          () bool             always True (failed expert episodes are not kept)
+
+Next to the episodes: `index.json` ({'format', 'action_names', 'cameras', 'image_size',
+'control_hz', 'episodes': [{'file', 'task', 'instruction', 'seed', 'length'}], 'per_task'})
+and `stats.json` ({'action_names', 'count', 'mean', 'std', 'min', 'max'}: per-dimension
+statistics over every action of every kept episode, for normalisation; std is 0 for
+dimensions the experts never use, droll and dpitch, so normalise with a floor on std).
+
+    python -m dysl_ros gen-demos --out data/demos --episodes-per-task 100 --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import multiprocessing.util
+import os
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
+from dysl_ros.sim.expert import run_episode
+from dysl_ros.sim.tasks import TASKS
+
+FORMAT = 'dysl_ros.demos/1'
+_KEYS = ('actions', 'phases', 'instruction', 'task', 'seed', 'success')
+_SEED_STRIDE = 100_000   # episode seeds: seed * 10 * stride + task_index * stride + k
+
+
+class EpisodeFormatError(ValueError):
+    """An episode file or dataset index is unreadable or incomplete."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One demonstration as stored on disk (see the module docstring)."""
+
+    images: dict[str, np.ndarray]
+    actions: np.ndarray
+    phases: np.ndarray
+    instruction: str
+    task: str
+    seed: int
+    success: bool
+    path: str = ''
+
+    @property
+    def length(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def episode_seed(seed: int, task_index: int, k: int) -> int:
+    """Seed of the k-th attempt for TASKS[task_index] in a dataset generated from `seed`."""
+    return (seed * 10 + task_index) * _SEED_STRIDE + k
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def load_episode(path: str | os.PathLike) -> Episode:
+    """Read one episode file; raise EpisodeFormatError naming the file if it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'episode file {path} does not exist')
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise EpisodeFormatError(f'{path}: not a readable episode .npz ({e})') from e
+    missing = [k for k in _KEYS if k not in data]
+    cams = sorted(k[len('images_'):] for k in data if k.startswith('images_'))
+    if missing or not cams:
+        raise EpisodeFormatError(f'{path}: missing keys {missing or ["images_<camera>"]}; '
+                                 f'found {sorted(data)}')
+    actions, phases = data['actions'], data['phases']
+    t = actions.shape[0] if actions.ndim == 2 else -1
+    if actions.ndim != 2 or actions.shape[1] != 7 or t < 1:
+        raise EpisodeFormatError(f'{path}: actions has shape {actions.shape}, expected (T, 7)')
+    if phases.shape != (t,):
+        raise EpisodeFormatError(f'{path}: phases has shape {phases.shape}, expected ({t},)')
+    images = {}
+    for c in cams:
+        im = data[f'images_{c}']
+        if im.dtype != np.uint8 or im.ndim != 4 or im.shape[0] != t or im.shape[3] != 3:
+            raise EpisodeFormatError(f'{path}: images_{c} is {im.shape} {im.dtype}, expected '
+                                     f'({t}, H, W, 3) uint8')
+        images[c] = im
+    return Episode(images=images, actions=actions.astype(np.float32), phases=phases.astype(str),
+                   instruction=str(data['instruction']), task=str(data['task']),
+                   seed=int(data['seed']), success=bool(data['success']), path=str(path))
+
+
+def read_index(directory: str | os.PathLike) -> dict:
+    """Read `<directory>/index.json`."""
+    path = Path(directory) / 'index.json'
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path} does not exist: not a demo folder (run gen-demos)')
+    except (OSError, ValueError) as e:
+        raise EpisodeFormatError(f'{path}: not readable JSON ({e})') from e
+    if not isinstance(index, dict) or not isinstance(index.get('episodes'), list):
+        raise EpisodeFormatError(f'{path}: expected an object with an "episodes" list')
+    return index
+
+
+def iter_episodes(directory: str | os.PathLike) -> Iterator[Episode]:
+    """Yield the episodes of a demo folder in index.json order."""
+    directory = Path(directory)
+    for i, entry in enumerate(read_index(directory)['episodes']):
+        if not isinstance(entry, dict) or 'file' not in entry:
+            raise EpisodeFormatError(f'{directory / "index.json"}: episode {i} has no "file"')
+        yield load_episode(directory / entry['file'])
+
+
+def load_stats(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read `<directory>/stats.json` as float32 arrays (mean, std, min, max)."""
+    path = Path(directory) / 'stats.json'
+    try:
+        raw = json.loads(path.read_text())
+        return {k: np.asarray(raw[k], dtype=np.float32) for k in ('mean', 'std', 'min', 'max')}
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path} does not exist: not a demo folder (run gen-demos)')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EpisodeFormatError(f'{path}: expected mean/std/min/max lists ({e})') from e
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def save_episode(path: str | os.PathLike, rec: dict) -> None:
+    """Write one recorded episode (from expert.run_episode(record=True)) atomically."""
+    path = Path(path)
+    arrays = {f'images_{c}': im for c, im in rec['images'].items()}
+    arrays.update(actions=np.asarray(rec['actions'], dtype=np.float32),
+                  phases=np.asarray(rec['phases'], dtype=str),
+                  instruction=np.array(rec['instruction']), task=np.array(rec['task']),
+                  seed=np.array(rec['seed'], dtype=np.int64),
+                  success=np.array(bool(rec['success'])))
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'wb') as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(sim_cfg: SimConfig, out_dir: str) -> None:
+    env = TabletopEnv(sim_cfg)
+    multiprocessing.util.Finalize(env, env.close, exitpriority=10)
+    _WORKER.update(env=env, out=Path(out_dir))
+
+
+def _run_job(job: tuple[str, int]) -> dict:
+    task, seed = job
+    rec = run_episode(_WORKER['env'], seed, task, record=True)
+    meta = {k: rec[k] for k in ('task', 'instruction', 'seed', 'length', 'success')}
+    if rec['success']:
+        meta['file'] = f'{task}_s{seed}.npz'
+        save_episode(_WORKER['out'] / meta['file'], rec)
+        meta['actions'] = rec['actions']
+    return meta
+
+
+def _action_stats(actions: np.ndarray) -> dict:
+    a = actions.astype(np.float64)  # (N, 7)
+    return {'action_names': list(ACTION_NAMES), 'count': int(a.shape[0]),
+            'mean': a.mean(0).tolist(), 'std': a.std(0).tolist(),
+            'min': a.min(0).tolist(), 'max': a.max(0).tolist()}
+
+
+def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimConfig,
+                tasks: tuple[str, ...]) -> None:
+    if not 1 <= episodes_per_task < _SEED_STRIDE // 2:
+        raise ValueError(f'episodes_per_task={episodes_per_task!r} is invalid: expected '
+                         f'1..{_SEED_STRIDE // 2 - 1}')
+    if workers < 1:
+        raise ValueError(f'workers={workers!r} is invalid: expected >= 1')
+    if seed < 0:
+        raise ValueError(f'seed={seed!r} is invalid: expected >= 0')
+    if not sim_cfg.cameras:
+        raise ValueError('sim_cfg.cameras is empty: demos need at least one camera')
+    names = [t.name for t in TASKS]
+    unknown = [t for t in tasks if t not in names]
+    if unknown:
+        raise ValueError(f'tasks={unknown} are unknown: expected names from {names}')
+
+
+def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
+             workers: int = 1, sim_cfg: SimConfig | None = None,
+             tasks: tuple[str, ...] | None = None, overwrite: bool = False) -> dict:
+    """Write `episodes_per_task` successful expert episodes per task; return a summary.
+
+    Failed expert episodes are dropped, counted and replaced by new seeds (at most
+    2 * episodes_per_task + 10 attempts per task). workers > 1 uses spawned processes, each
+    with its own env; the dataset does not depend on the number of workers.
+    """
+    sim_cfg = sim_cfg or SimConfig()
+    names = [t.name for t in TASKS]
+    tasks = tuple(tasks or names)
+    _check_args(episodes_per_task, workers, seed, sim_cfg, tasks)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / 'index.json').exists() or any(out.glob('*.npz')):
+        if not overwrite:
+            raise FileExistsError(f'{out} already holds a dataset; pass overwrite=True '
+                                  '(--overwrite) to replace it')
+        for p in list(out.glob('*.npz')) + [out / 'index.json', out / 'stats.json']:
+            p.unlink(missing_ok=True)
+
+    per_task = {t: {'kept': 0, 'attempts': 0, 'failures': 0, 'failed_seeds': []}
+                for t in tasks}
+    kept: list[dict] = []
+    max_attempts = 2 * episodes_per_task + 10
+    t0 = time.perf_counter()
+    pool = None
+    if workers > 1:
+        ctx = multiprocessing.get_context('spawn')
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(sim_cfg, str(out)))
+    else:
+        _init_worker(sim_cfg, str(out))
+    bar = tqdm(total=0, desc='demos', unit='ep')
+    try:
+        while True:
+            jobs = []
+            for t in tasks:
+                s = per_task[t]
+                need = min(episodes_per_task - s['kept'], max_attempts - s['attempts'])
+                ti = names.index(t)
+                jobs += [(t, episode_seed(seed, ti, s['attempts'] + j)) for j in range(need)]
+                s['attempts'] += max(need, 0)
+            if not jobs:
+                break
+            bar.total += len(jobs)
+            bar.refresh()
+            results = (pool.imap_unordered(_run_job, jobs) if pool is not None
+                       else map(_run_job, jobs))
+            for meta in results:
+                s = per_task[meta['task']]
+                if meta['success']:
+                    s['kept'] += 1
+                    kept.append(meta)
+                else:
+                    s['failures'] += 1
+                    s['failed_seeds'].append(meta['seed'])
+                    bar.set_postfix(failed=sum(v['failures'] for v in per_task.values()),
+                                    refresh=False)
+                bar.update(1)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()   # do not wait for queued episodes after an error or Ctrl-C
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+        else:
+            _WORKER.pop('env').close()
+
+    kept.sort(key=lambda m: (names.index(m['task']), m['seed']))
+    for t in tasks:
+        lengths = [m['length'] for m in kept if m['task'] == t]
+        per_task[t]['mean_length'] = float(np.mean(lengths)) if lengths else None
+        per_task[t]['failed_seeds'].sort()
+    episodes = [{k: m[k] for k in ('file', 'task', 'instruction', 'seed', 'length')}
+                for m in kept]
+    index = {'format': FORMAT, 'action_names': list(ACTION_NAMES),
+             'cameras': list(sim_cfg.cameras), 'image_size': sim_cfg.image_size,
+             'control_hz': sim_cfg.control_hz, 'seed': seed,
+             'sim_config': dataclasses.asdict(sim_cfg), 'episodes': episodes,
+             'per_task': per_task}
+    (out / 'index.json').write_text(json.dumps(index, indent=1))
+    if kept:
+        stats = _action_stats(np.concatenate([m['actions'] for m in kept]))
+        (out / 'stats.json').write_text(json.dumps(stats, indent=1))
+    return {'out_dir': str(out), 'episodes': len(kept),
+            'steps': int(sum(m['length'] for m in kept)),
+            'failures': sum(v['failures'] for v in per_task.values()),
+            'complete': all(v['kept'] == episodes_per_task for v in per_task.values()),
+            'seconds': time.perf_counter() - t0, 'per_task': per_task}
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the gen-demos options."""
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--episodes-per-task', type=int, default=100,
+                        help='successful episodes to keep per task')
+    parser.add_argument('--seed', type=int, default=0, help='dataset seed')
+    parser.add_argument('--workers', type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help='parallel worker processes')
+    parser.add_argument('--image-size', type=int, default=64, help='camera resolution (px)')
+    parser.add_argument('--cameras', nargs='+', default=['front', 'wrist'])
+    parser.add_argument('--shadows', action='store_true', help='render shadows (slower)')
+    parser.add_argument('--tasks', nargs='+', default=None,
+                        choices=[t.name for t in TASKS], help='subset of tasks (default all)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing dataset')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate demos from parsed arguments; print a per-task table; 0 if complete."""
+    tasks = tuple(args.tasks or [t.name for t in TASKS])
+    try:
+        cfg = SimConfig(image_size=args.image_size, cameras=tuple(args.cameras),
+                        shadows=args.shadows)
+        _check_args(args.episodes_per_task, args.workers, args.seed, cfg, tasks)
+    except ValueError as e:
+        print(f'gen-demos: {e}', file=sys.stderr)
+        return 2
+    try:
+        summary = generate(args.out, args.episodes_per_task, seed=args.seed,
+                           workers=args.workers, sim_cfg=cfg, tasks=tasks,
+                           overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f'gen-demos: {e}', file=sys.stderr)
+        return 2
+    print(f'{"task":<16} {"kept":>5} {"attempts":>8} {"failures":>8} {"mean_len":>8}')
+    for name, s in summary['per_task'].items():
+        mean_len = math.nan if s['mean_length'] is None else s['mean_length']
+        print(f'{name:<16} {s["kept"]:>5} {s["attempts"]:>8} {s["failures"]:>8} '
+              f'{mean_len:>8.1f}')
+    print(f'{summary["episodes"]} episodes kept, {summary["failures"]} failed expert episodes '
+          f'dropped, {summary["steps"]} steps in '
+          f'{summary["seconds"]:.1f} s -> {summary["out_dir"]}')
+    if not summary['complete']:
+        print('WARNING: some tasks did not reach --episodes-per-task successful episodes')
+    return 0 if summary['complete'] else 1
+
+
+if __name__ == '__main__':
+    _parser = argparse.ArgumentParser(description='Generate expert demonstrations.')
+    add_arguments(_parser)
+    raise SystemExit(run(_parser.parse_args()))
