@@ -26,6 +26,9 @@ setup(
     entry_points={
         'console_scripts': [
             'dysl = dysl_ros.cli:main',
+            'policy_node = dysl_ros.nodes.policy_node:main',
+            'controller_node = dysl_ros.nodes.controller_node:main',
+            'sim_node = dysl_ros.nodes.sim_node:main',
         ],
     },
 )

@@ -10,6 +10,8 @@ BENCHES = {
                     'success rate, layers run and speedup in the simulation, per method'),
     'latency': ('dysl_ros.bench.latency',
                 'full depth vs DySL latency per backend, per-unit breakdown'),
+    'ros-overhead': ('dysl_ros.nodes.overhead_bench',
+                     'camera-to-chunk latency over ROS 2 against policy-only latency'),
 }
 
 

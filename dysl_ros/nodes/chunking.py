@@ -1,0 +1,224 @@
+"""Chunk execution for the controller node (numpy only, no ROS): one action per control tick.
+
+Time semantics: action i of a chunk is meant for `stamp + i * dt`, where `stamp` is the time
+of the observation it was predicted from. A chunk that arrives `delay` seconds after its
+observation therefore starts at action floor(delay / dt) (latency compensation), so that the
+splice between two chunks does not replay actions that are already in the past. Each accepted
+chunk then advances one action per tick.
+
+- mode 'replace': the newest accepted chunk replaces the one in progress.
+- mode 'ensemble': temporal ensembling (ACT): every chunk still covering this tick votes,
+  weighted exp(-ensemble_decay * i) with i = 0 for the oldest vote.
+
+A chunk is dropped when its observation is older than max_chunk_age on arrival, when it
+predates the current episode, when its joint names differ from the configured ones, or when
+any value is not finite. With nothing to execute the executor holds: zero for every delta
+joint and the last commanded value for absolute joints (the gripper).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+MODES = ('replace', 'ensemble')
+
+
+def _require(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
+
+
+@dataclass(frozen=True)
+class ChunkExecutorConfig:
+    """How chunks become commands.
+
+    Args:
+        joint_names: action names in command order; a chunk must carry exactly these names
+            (in any order).
+        control_rate: commands per second.
+        mode: 'replace' (the newest chunk replaces the one in progress) or 'ensemble'
+            (temporal ensembling of every chunk covering the tick).
+        ensemble_decay: m in the ensembling weight exp(-m * i), i = 0 for the oldest chunk
+            (ACT's default 0.01: nearly uniform; larger trusts older chunks more).
+        max_chunk_age: seconds; a chunk whose observation is older than this on arrival is
+            dropped, and a chunk is dropped once now > stamp + (H - 1) * dt + max_chunk_age.
+        lower_limits: per joint lower clip of every command.
+        upper_limits: per joint upper clip of every command.
+        absolute_joints: joints whose value is an absolute target (held at the last command);
+            all others are deltas (held at zero).
+        initial_absolute: hold values of absolute_joints before any command of an episode.
+        latency_compensation: start a late chunk at floor(delay / dt) instead of action 0.
+    """
+
+    joint_names: tuple[str, ...] = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+    control_rate: float = 20.0
+    mode: str = 'replace'
+    ensemble_decay: float = 0.01
+    max_chunk_age: float = 0.5
+    lower_limits: tuple[float, ...] = (-0.02, -0.02, -0.02, -0.1, -0.1, -0.1, 0.0)
+    upper_limits: tuple[float, ...] = (0.02, 0.02, 0.02, 0.1, 0.1, 0.1, 1.0)
+    absolute_joints: tuple[str, ...] = ('gripper',)
+    initial_absolute: tuple[float, ...] = (0.0,)
+    latency_compensation: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ('joint_names', 'lower_limits', 'upper_limits', 'absolute_joints',
+                     'initial_absolute'):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        n = len(self.joint_names)
+        _require(n >= 1 and len(set(self.joint_names)) == n and all(self.joint_names),
+                 'joint_names', self.joint_names, 'distinct, non-empty names')
+        _require(0.0 < self.control_rate <= 1000.0, 'control_rate', self.control_rate,
+                 '(0, 1000] Hz')
+        _require(self.mode in MODES, 'mode', self.mode, f'one of {MODES}')
+        _require(0.0 <= self.ensemble_decay <= 10.0, 'ensemble_decay', self.ensemble_decay,
+                 '[0, 10]')
+        _require(0.0 < self.max_chunk_age <= 60.0, 'max_chunk_age', self.max_chunk_age,
+                 '(0, 60] s')
+        for name in ('lower_limits', 'upper_limits'):
+            values = getattr(self, name)
+            _require(len(values) == n and all(math.isfinite(v) for v in values), name,
+                     values, f'{n} finite values, one per joint of {self.joint_names}')
+        _require(all(lo <= hi for lo, hi in zip(self.lower_limits, self.upper_limits)),
+                 'lower_limits', self.lower_limits, f'<= upper_limits={self.upper_limits}')
+        _require(set(self.absolute_joints) <= set(self.joint_names), 'absolute_joints',
+                 self.absolute_joints, f'names from joint_names={self.joint_names}')
+        _require(len(self.initial_absolute) == len(self.absolute_joints), 'initial_absolute',
+                 self.initial_absolute, f'one value per absolute joint {self.absolute_joints}')
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.control_rate
+
+
+@dataclass
+class _Active:
+    stamp: float
+    actions: np.ndarray  # (H, D) in joint_names order
+    cursor: int
+    seq: int
+
+
+@dataclass
+class ExecutorStats:
+    """Counters since start; `dropped` by reason."""
+
+    received: int = 0
+    accepted: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    ticks: int = 0
+    hold_ticks: int = 0
+    clipped_ticks: int = 0
+    arrival_delay_ms: list = field(default_factory=list)  # observation -> arrival
+
+
+class ChunkExecutor:
+    """Queues / blends chunks and yields one clipped command per tick (times in seconds)."""
+
+    def __init__(self, cfg: ChunkExecutorConfig):
+        self.cfg = cfg
+        self._absolute = np.array([n in cfg.absolute_joints for n in cfg.joint_names])
+        self._initial = np.zeros(len(cfg.joint_names))
+        for name, value in zip(cfg.absolute_joints, cfg.initial_absolute):
+            self._initial[cfg.joint_names.index(name)] = value
+        self._lower = np.array(cfg.lower_limits, dtype=np.float64)
+        self._upper = np.array(cfg.upper_limits, dtype=np.float64)
+        self.stats = ExecutorStats()
+        self._active: list[_Active] = []
+        self._seq = 0
+        self._episode_start: Optional[float] = None
+        self._last = self._initial.copy()
+
+    def reset(self, now: float) -> None:
+        """New episode: forget every chunk, hold absolute joints at their initial values, and
+        drop later chunks whose observation predates `now`."""
+        self._active.clear()
+        self._episode_start = now
+        self._last = self._initial.copy()
+
+    def stop(self) -> None:
+        """Drop every chunk (hold from the next tick on); the episode goes on."""
+        self._active.clear()
+
+    def add(self, stamp: float, names: Sequence[str], actions: np.ndarray, now: float,
+            dt: Optional[float] = None) -> Optional[str]:
+        """Offer a chunk (H, D) observed at `stamp`; returns None if accepted, else why not.
+
+        dt is the chunk's action period (its time_from_start spacing); it must match the
+        control period, since the executor runs one action per tick.
+        """
+        self.stats.received += 1
+        reason = self._check(stamp, names, actions, now, dt)
+        if reason is not None:
+            self.stats.dropped[reason] += 1
+            return reason
+        order = [list(names).index(n) for n in self.cfg.joint_names]
+        a = np.asarray(actions, dtype=np.float64)[:, order]  # (H, D) in joint_names order
+        delay = now - stamp
+        cursor = int(math.floor(delay / self.cfg.dt + 1e-9)) if self.cfg.latency_compensation \
+            else 0
+        cursor = max(cursor, 0)
+        if cursor >= len(a):
+            self.stats.dropped['expired'] += 1
+            return 'expired'
+        self._seq += 1
+        chunk = _Active(stamp=stamp, actions=a, cursor=cursor, seq=self._seq)
+        if self.cfg.mode == 'replace':
+            self._active = [chunk]
+        else:
+            self._active.append(chunk)
+        self.stats.accepted += 1
+        self.stats.arrival_delay_ms.append(delay * 1e3)
+        del self.stats.arrival_delay_ms[:-1000]
+        return None
+
+    def tick(self, now: float) -> tuple[np.ndarray, bool]:
+        """The command (D,) for this tick and whether it is a hold."""
+        self.stats.ticks += 1
+        horizon = self.cfg.max_chunk_age
+        self._active = [c for c in self._active if c.cursor < len(c.actions)
+                        and now <= c.stamp + (len(c.actions) - 1) * self.cfg.dt + horizon]
+        if not self._active:
+            self.stats.hold_ticks += 1
+            command = np.where(self._absolute, self._last, 0.0)
+            return command, True
+        if self.cfg.mode == 'replace':
+            c = self._active[-1]
+            command = c.actions[c.cursor].copy()
+        else:  # oldest first: weight exp(-m * i), i = 0 for the oldest
+            votes = np.stack([c.actions[c.cursor] for c in self._active])  # (N, D)
+            w = np.exp(-self.cfg.ensemble_decay * np.arange(len(votes)))  # (N,)
+            command = (w[:, None] * votes).sum(0) / w.sum()
+        for c in self._active:
+            c.cursor += 1
+        clipped = np.clip(command, self._lower, self._upper)
+        if not np.array_equal(clipped, command):
+            self.stats.clipped_ticks += 1
+        self._last = np.where(self._absolute, clipped, self._last)
+        return clipped, False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a chunk still has actions to run."""
+        return any(c.cursor < len(c.actions) for c in self._active)
+
+    def _check(self, stamp: float, names: Sequence[str], actions: np.ndarray, now: float,
+               dt: Optional[float]) -> Optional[str]:
+        a = np.asarray(actions)
+        if sorted(names) != sorted(self.cfg.joint_names):
+            return 'joint_names'
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != len(self.cfg.joint_names):
+            return 'shape'
+        if not np.all(np.isfinite(a)):
+            return 'non_finite'
+        if dt is not None and abs(dt - self.cfg.dt) > 1e-3 * self.cfg.dt + 1e-6:
+            return 'period'
+        if self._episode_start is not None and stamp < self._episode_start:
+            return 'previous_episode'
+        if now - stamp > self.cfg.max_chunk_age:
+            return 'stale'
+        return None

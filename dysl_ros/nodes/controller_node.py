@@ -1,0 +1,203 @@
+"""The controller node: executes action chunks at the control rate.
+
+Topics (relative names):
+
+    subscribes  action_chunk   trajectory_msgs/JointTrajectory (CHUNK_QOS); an empty one (no
+                               points) means stop: drop every chunk and hold
+                instruction    std_msgs/String (INSTRUCTION_QOS): a new episode (drop chunks,
+                               gripper back to its initial value)
+    publishes   command        std_msgs/Float64MultiArray (COMMAND_QOS), one action per tick in
+                               joint_names order, clipped to [lower_limits, upper_limits];
+                               layout.dim[0].label is 'action', or 'hold' for a hold
+                /diagnostics   diagnostic_msgs/DiagnosticArray at diagnostics_rate
+    services    ~/reset        std_srvs/Trigger: a new episode
+
+How chunks are scheduled, blended (mode: replace or ensemble), dropped (older than
+max_chunk_age, from a previous episode, wrong names, non-finite) and held is
+dysl_ros.nodes.chunking.ChunkExecutor; this node only moves messages. A hold is zero for
+every delta joint and the last command for absolute joints (the gripper); the node publishes
+a command every tick, hold or not.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.time import Time
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from .chunking import MODES, ChunkExecutor, ChunkExecutorConfig
+from .params import Param, declare_params
+from .qos import CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
+from .stats import percentile
+
+_DEFAULT = ChunkExecutorConfig()
+PARAMS = (
+    Param('control_rate', 20.0, 'commands per second (one chunk action per tick)', 0.1,
+          1000.0, read_only=True),
+    Param('joint_names', list(_DEFAULT.joint_names), 'action names in command order; chunks '
+          'must carry exactly these names', read_only=True),
+    Param('mode', 'replace', 'replace: the newest chunk replaces the one in progress; '
+          'ensemble: temporal ensembling of every chunk covering the tick', choices=MODES,
+          read_only=True),
+    Param('ensemble_decay', 0.01, 'm of the ensembling weight exp(-m * i), i = 0 for the '
+          'oldest chunk', 0.0, 10.0, read_only=True),
+    Param('max_chunk_age', 0.5, 'seconds; a chunk whose observation is older on arrival is '
+          'dropped', 0.001, 60.0, read_only=True),
+    Param('lower_limits', list(_DEFAULT.lower_limits), 'per joint lower clip of every command',
+          read_only=True),
+    Param('upper_limits', list(_DEFAULT.upper_limits), 'per joint upper clip of every command',
+          read_only=True),
+    Param('absolute_joints', list(_DEFAULT.absolute_joints), 'joints commanded as absolute '
+          'targets (held at their last value); the others are deltas (held at zero)',
+          read_only=True),
+    Param('initial_absolute', list(_DEFAULT.initial_absolute), 'hold value of each absolute '
+          'joint before the first command of an episode', read_only=True),
+    Param('latency_compensation', True, 'start a late chunk at the action for now, '
+          'floor((now - stamp) / dt), instead of its first action', read_only=True),
+    Param('diagnostics_rate', 1.0, 'Hz of /diagnostics', 0.01, 100.0, read_only=True),
+)
+
+
+def executor_config(values: dict) -> ChunkExecutorConfig:
+    """ChunkExecutorConfig from the node's parameter values."""
+    return ChunkExecutorConfig(
+        joint_names=values['joint_names'], control_rate=values['control_rate'],
+        mode=values['mode'], ensemble_decay=values['ensemble_decay'],
+        max_chunk_age=values['max_chunk_age'], lower_limits=values['lower_limits'],
+        upper_limits=values['upper_limits'], absolute_joints=values['absolute_joints'],
+        initial_absolute=values['initial_absolute'],
+        latency_compensation=values['latency_compensation'])
+
+
+class ControllerNode(Node):
+    """Turns chunks into one clipped command per control tick; see the module docstring."""
+
+    def __init__(self, node_name: str = 'controller_node', **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        values = declare_params(self, PARAMS)
+        self.cfg = executor_config(values)
+        self.chunks = ChunkExecutor(self.cfg)
+        self._lock = threading.Lock()
+        self._tick_group = MutuallyExclusiveCallbackGroup()
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._pub = self.create_publisher(Float64MultiArray, 'command', COMMAND_QOS)
+        self.create_subscription(JointTrajectory, 'action_chunk', self._on_chunk, CHUNK_QOS,
+                                 callback_group=self._input_group)
+        self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
+                                 callback_group=self._input_group)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._input_group)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', STATUS_QOS)
+        self.create_timer(1.0 / values['diagnostics_rate'], self._publish_diagnostics)
+        n = len(self.cfg.joint_names)
+        self._layouts = {hold: [MultiArrayDimension(label='hold' if hold else 'action',
+                                                    size=n, stride=n)] for hold in (False, True)}
+        self.commands = 0
+        self._timer = self.create_timer(self.cfg.dt, self._on_tick,
+                                        callback_group=self._tick_group)
+        self._last_drop_log: dict[str, float] = {}
+        self.get_logger().info(
+            f'controller: {self.cfg.mode} at {self.cfg.control_rate:g} Hz, joints '
+            f'{list(self.cfg.joint_names)}, max chunk age {self.cfg.max_chunk_age:g} s')
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        if not msg.points:
+            with self._lock:
+                self.chunks.stop()
+            self.get_logger().info('empty chunk: stop and hold')
+            return
+        actions = np.array([p.positions for p in msg.points], dtype=np.float64) \
+            if all(len(p.positions) == len(msg.joint_names) for p in msg.points) \
+            else np.zeros((0, 0))
+        dt = _duration(msg.points[1].time_from_start) - _duration(msg.points[0].time_from_start) \
+            if len(msg.points) > 1 else None
+        stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
+        with self._lock:
+            now = self._now()
+            reason = self.chunks.add(stamp, list(msg.joint_names), actions, now, dt)
+        if reason is not None:
+            self._log_drop(reason, f'chunk dropped ({reason}): stamp {stamp:.3f}, now '
+                           f'{now:.3f}, names {list(msg.joint_names)}, {len(msg.points)} points')
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self.chunks.reset(self._now())
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response
+                  ) -> Trigger.Response:
+        with self._lock:
+            self.chunks.reset(self._now())
+        response.success = True
+        response.message = 'chunks dropped; holding until the next chunk'
+        return response
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            command, hold = self.chunks.tick(self._now())
+        msg = Float64MultiArray(data=command.tolist())
+        msg.layout.dim = self._layouts[hold]
+        self._pub.publish(msg)
+        self.commands += 1
+
+    def _log_drop(self, reason: str, text: str) -> None:
+        now = self._now()
+        if now - self._last_drop_log.get(reason, -1e9) >= 5.0:
+            self._last_drop_log[reason] = now
+            self.get_logger().warning(text)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            s = self.chunks.stats
+            values = {'ticks': s.ticks, 'hold_ticks': s.hold_ticks,
+                      'clipped_ticks': s.clipped_ticks, 'chunks_received': s.received,
+                      'chunks_accepted': s.accepted, 'busy': self.chunks.busy,
+                      'arrival_delay_ms_p50': percentile(s.arrival_delay_ms[-100:], 50),
+                      'arrival_delay_ms_p90': percentile(s.arrival_delay_ms[-100:], 90)}
+            values.update({f'dropped_{k}': v for k, v in s.dropped.items()})
+        dropped = sum(s.dropped.values())
+        level = DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK
+        status = DiagnosticStatus(
+            level=level, name=f'{self.get_fully_qualified_name()}: controller',
+            message=f'{"executing" if values["busy"] else "holding"}, {dropped} chunks dropped',
+            hardware_id=self.cfg.mode,
+            values=[KeyValue(key=k, value='n/a' if v is None else str(v))
+                    for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+
+def _duration(d: Any) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Run the controller node alone."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ControllerNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

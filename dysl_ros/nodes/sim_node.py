@@ -1,0 +1,208 @@
+"""The MuJoCo tabletop as a ROS node (dysl_ros.sim.TabletopEnv).
+
+Topics (relative names):
+
+    subscribes  command          std_msgs/Float64MultiArray (COMMAND_QOS): one action (7,) in
+                                 dysl_ros.sim.ACTION_NAMES order (deltas, absolute gripper)
+                instruction      std_msgs/String (INSTRUCTION_QOS): reset to the task it names
+                                 (next seed) and start stepping
+    publishes   camera_topics[i] sensor_msgs/Image rgb8 (SENSOR_QOS), all cameras of one step
+                                 with the same stamp, frame_id = the camera name; the first
+                                 camera (the policy's primary, which triggers inference) is
+                                 published last, so its frame finds the others there
+                episode_status   std_msgs/String (STATUS_QOS), one JSON object per reset and per
+                                 step: {"episode", "seed", "task", "instruction", "step",
+                                 "done", "success", "timeout", "holds", "error"}
+    services    ~/reset          std_srvs/Trigger: restart the current task with the next seed
+
+Stepping: a timer at control_rate steps the episode while it runs, with the oldest queued
+command (up to command_queue are kept, so jitter between the controller's and the sim's
+timers loses no command); with none queued it holds (zero deltas, gripper unchanged). The
+status counts as `holds` the steps that held, for lack of a command or because the
+controller sent a hold (a command whose layout dimension is labelled 'hold'). After
+success or the time limit it stops stepping and publishes nothing more until the next
+instruction or reset.
+
+Every env call (build, reset, step, close) runs on one dedicated thread: an EGL / OSMesa
+rendering context belongs to the thread that made it current, and executor threads vary.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from .image_conversion import rgb_to_image
+from .params import Param, declare_params
+from .qos import COMMAND_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
+
+PARAMS = (
+    Param('control_rate', 20.0, 'simulation steps per second (one command per step)', 1.0,
+          500.0, read_only=True),
+    Param('image_size', 64, 'square camera resolution in pixels', 16, 1024, read_only=True),
+    Param('cameras', ['front', 'wrist'], 'cameras rendered and published, in the order of '
+          'camera_topics', read_only=True),
+    Param('camera_topics', ['image', 'wrist/image'], 'image topic per camera',
+          read_only=True),
+    Param('seed', 0, 'seed of the first episode; each reset uses the next one', 0, 2 ** 31 - 1,
+          read_only=True),
+    Param('max_steps', 0, 'episode time limit in steps; 0 uses each task\'s own limit', 0,
+          100000, read_only=True),
+    Param('instruction', '', 'start an episode with this instruction at start-up; empty waits '
+          'for the instruction topic', read_only=True),
+    Param('command_queue', 2, 'commands kept until their step (older ones are dropped)', 1,
+          100, read_only=True),
+)
+
+
+class SimNode(Node):
+    """Steps a TabletopEnv at the control rate; see the module docstring for its interface."""
+
+    def __init__(self, node_name: str = 'sim_node', **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        from ..sim import ACTION_NAMES, SimConfig, TabletopEnv  # sets MUJOCO_GL first
+        v = declare_params(self, PARAMS)
+        if len(v['camera_topics']) != len(v['cameras']):
+            raise ValueError(f'camera_topics={v["camera_topics"]} is invalid: expected one '
+                             f'topic per camera of {v["cameras"]}')
+        cfg = SimConfig(image_size=v['image_size'], cameras=tuple(v['cameras']),
+                        control_hz=v['control_rate'], max_steps=v['max_steps'] or None)
+        self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='sim_env')
+        self.env = self._env_thread.submit(TabletopEnv, cfg).result()
+        self.action_dim = len(ACTION_NAMES)
+        self._next_seed = int(v['seed'])
+        self._running = False
+        self._instruction = ''
+        self._holds = 0
+        self._grip = 0.0
+        self._queue: deque = deque(maxlen=v['command_queue'])
+        self._queue_lock = threading.Lock()
+        self._last_log = -1e9
+        # the env is used from one callback group only: timer, instruction and reset
+        self._sim_group = MutuallyExclusiveCallbackGroup()
+        pairs = list(zip(v['cameras'], v['camera_topics']))
+        self._image_pubs = {c: self.create_publisher(Image, t, SENSOR_QOS)
+                            for c, t in pairs[1:] + pairs[:1]}  # primary last
+        self._status_pub = self.create_publisher(String, 'episode_status', STATUS_QOS)
+        self.create_subscription(Float64MultiArray, 'command', self._on_command, COMMAND_QOS)
+        self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
+                                 callback_group=self._sim_group)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._sim_group)
+        self.create_timer(1.0 / v['control_rate'], self._on_tick, callback_group=self._sim_group)
+        if v['instruction']:
+            self.start_episode(v['instruction'])
+
+    def start_episode(self, instruction: str) -> Optional[str]:
+        """Reset to the task of `instruction` with the next seed; returns an error or None."""
+        seed = self._next_seed
+        try:
+            obs = self._env_thread.submit(self.env.reset, seed, instruction).result()
+        except ValueError as e:
+            self.get_logger().error(f'instruction {instruction!r} not started: {e}')
+            self._publish_status({'error': str(e), 'instruction': instruction})
+            return str(e)
+        self._next_seed += 1
+        self._instruction = instruction
+        self._running = True
+        self._holds = 0
+        self._grip = 0.0
+        with self._queue_lock:
+            self._queue.clear()
+        self.get_logger().info(f'episode {self.env.episode}: {self.env.task.name} (seed {seed})')
+        self._publish(obs.images, {'success': False, 'timeout': False})
+        return None
+
+    def _on_instruction(self, msg: String) -> None:
+        self.start_episode(msg.data)
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response
+                  ) -> Trigger.Response:
+        if not self._instruction:
+            response.success, response.message = False, 'no task yet: send an instruction'
+            return response
+        error = self.start_episode(self._instruction)
+        response.success = error is None
+        response.message = error or f'episode {self.env.episode} (seed {self.env.seed})'
+        return response
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        a = np.asarray(msg.data, dtype=np.float64)
+        if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
+            now = self.get_clock().now().nanoseconds * 1e-9
+            if now - self._last_log > 5.0:
+                self._last_log = now
+                self.get_logger().warning(f'command ignored: expected {self.action_dim} '
+                                          f'finite values, got {list(msg.data)}')
+            return
+        hold = bool(msg.layout.dim) and msg.layout.dim[0].label == 'hold'
+        with self._queue_lock:
+            self._queue.append((a, hold))
+
+    def _on_tick(self) -> None:
+        if not self._running:
+            return
+        with self._queue_lock:
+            action, hold = self._queue.popleft() if self._queue else (None, True)
+        if action is None:  # hold: zero deltas, gripper unchanged
+            action = np.zeros(self.action_dim)
+            action[-1] = self._grip
+        self._holds += int(hold)
+        self._grip = float(np.clip(action[-1], 0.0, 1.0))
+        obs, done, info = self._env_thread.submit(self.env.step, action).result()
+        self._running = not done
+        self._publish(obs.images, info)
+
+    def _publish(self, images: dict, info: dict) -> None:
+        stamp = self.get_clock().now().to_msg()
+        for camera, pub in self._image_pubs.items():
+            pub.publish(rgb_to_image(images[camera], stamp=stamp, frame_id=camera))
+        self._publish_status({'success': bool(info['success']),
+                              'timeout': bool(info['timeout'])})
+
+    def _publish_status(self, extra: dict) -> None:
+        env = self.env
+        status = {'episode': env.episode, 'seed': env.seed,
+                  'task': env.task.name if env.episode else None,
+                  'instruction': self._instruction, 'step': env.step_count,
+                  'done': bool(env.episode and env.done), 'success': False, 'timeout': False,
+                  'holds': self._holds, 'error': None}
+        status.update(extra)
+        self._status_pub.publish(String(data=json.dumps(status)))
+
+    def destroy_node(self) -> None:
+        self._running = False
+        self._env_thread.submit(self.env.close).result()
+        self._env_thread.shutdown()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Run the simulation node alone."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,162 @@
+"""ChunkExecutor (the controller's logic, no ROS): splicing, ensembling, dropping, holding."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dysl_ros.nodes.chunking import ChunkExecutor, ChunkExecutorConfig
+from dysl_ros.nodes.stats import PolicyStats, StepRecord
+
+NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+DT = 0.05
+
+
+def chunk(h=4, start=0.0, gripper=1.0):
+    """(H, 7): dx = start + 0.001 * i (distinct per action), gripper constant."""
+    a = np.zeros((h, 7))
+    a[:, 0] = start + 0.001 * np.arange(h)
+    a[:, 6] = gripper
+    return a
+
+
+def test_chunk_runs_one_action_per_tick_then_holds_with_the_gripper_kept():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    a = chunk(4)
+    assert ex.add(10.0, NAMES, a, now=10.01) is None
+    commands = [ex.tick(10.01 + k * DT) for k in range(6)]
+    for k in range(4):
+        np.testing.assert_allclose(commands[k][0], a[k])
+        assert commands[k][1] is False
+    for command, hold in commands[4:]:
+        assert hold
+        np.testing.assert_allclose(command, [0, 0, 0, 0, 0, 0, 1.0])  # gripper unchanged
+    assert ex.stats.hold_ticks == 2 and not ex.busy
+
+
+def test_stop_drops_the_chunk_in_progress():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    ex.add(10.0, NAMES, chunk(8, gripper=0.5), now=10.0)
+    ex.tick(10.0)
+    ex.stop()  # the policy deactivated (an empty chunk)
+    command, hold = ex.tick(10.05)
+    assert hold and not ex.busy
+    np.testing.assert_allclose(command, [0, 0, 0, 0, 0, 0, 0.5])
+
+
+def test_hold_before_any_chunk_uses_the_initial_gripper():
+    ex = ChunkExecutor(ChunkExecutorConfig(initial_absolute=(0.25,)))
+    command, hold = ex.tick(0.0)
+    assert hold
+    np.testing.assert_allclose(command, [0, 0, 0, 0, 0, 0, 0.25])
+
+
+def test_latency_compensation_starts_at_the_action_for_now():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    a = chunk(8)
+    ex.add(10.0, NAMES, a, now=10.0 + 2.5 * DT)  # arrives 2.5 periods late
+    np.testing.assert_allclose(ex.tick(10.13)[0], a[2])
+    plain = ChunkExecutor(ChunkExecutorConfig(latency_compensation=False))
+    plain.add(10.0, NAMES, a, now=10.0 + 2.5 * DT)
+    np.testing.assert_allclose(plain.tick(10.13)[0], a[0])
+
+
+def test_replace_switches_to_the_newest_chunk():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    first, second = chunk(8, 0.0), chunk(8, 0.01)
+    ex.add(10.0, NAMES, first, now=10.0)
+    ex.tick(10.0)
+    ex.tick(10.05)
+    ex.add(10.1, NAMES, second, now=10.1)
+    np.testing.assert_allclose(ex.tick(10.1)[0], second[0])
+
+
+def test_ensemble_averages_every_chunk_covering_the_tick():
+    cfg = ChunkExecutorConfig(mode='ensemble', ensemble_decay=0.0)
+    ex = ChunkExecutor(cfg)
+    first, second = chunk(8, 0.0), chunk(8, 0.01)
+    ex.add(10.0, NAMES, first, now=10.0)
+    ex.tick(10.0)  # first[0]
+    ex.add(10.05, NAMES, second, now=10.05)
+    command, _ = ex.tick(10.05)  # first[1] and second[0], equal weights
+    np.testing.assert_allclose(command, (first[1] + second[0]) / 2)
+    weighted = ChunkExecutor(dataclasses.replace(cfg, ensemble_decay=1.0))
+    weighted.add(10.0, NAMES, first, now=10.0)
+    weighted.tick(10.0)
+    weighted.add(10.05, NAMES, second, now=10.05)
+    w = np.array([1.0, np.exp(-1.0)])  # the older chunk weighs more (ACT)
+    expected = (w[0] * first[1] + w[1] * second[0]) / w.sum()
+    np.testing.assert_allclose(weighted.tick(10.05)[0], expected)
+
+
+def test_stale_chunks_are_dropped_and_the_executor_holds():
+    ex = ChunkExecutor(ChunkExecutorConfig(max_chunk_age=0.2))
+    assert ex.add(10.0, NAMES, chunk(8), now=10.3) == 'stale'
+    assert ex.tick(10.3)[1] is True
+    assert ex.stats.dropped['stale'] == 1 and ex.stats.accepted == 0
+
+
+def test_a_chunk_that_ran_past_its_horizon_expires_even_without_ticks():
+    ex = ChunkExecutor(ChunkExecutorConfig(max_chunk_age=0.2))
+    ex.add(10.0, NAMES, chunk(4), now=10.0)
+    ex.tick(10.0)
+    _, hold = ex.tick(11.0)  # the controller stalled for a second
+    assert hold
+
+
+def test_chunks_of_a_previous_episode_are_dropped_and_the_gripper_resets():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    ex.add(10.0, NAMES, chunk(8, gripper=1.0), now=10.0)
+    ex.tick(10.0)
+    ex.reset(now=10.1)
+    assert ex.add(10.05, NAMES, chunk(8), now=10.12) == 'previous_episode'
+    command, hold = ex.tick(10.15)
+    assert hold and command[6] == 0.0
+
+
+def test_names_are_reordered_and_wrong_names_or_values_rejected():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    a = chunk(4)
+    order = [6, 0, 1, 2, 3, 4, 5]
+    ex.add(10.0, [NAMES[i] for i in order], a[:, order], now=10.0)
+    np.testing.assert_allclose(ex.tick(10.0)[0], a[0])
+    assert ex.add(10.0, NAMES[:-1] + ('grip',), a, now=10.0) == 'joint_names'
+    bad = a.copy()
+    bad[1, 2] = np.nan
+    assert ex.add(10.0, NAMES, bad, now=10.0) == 'non_finite'
+    assert ex.add(10.0, NAMES, a, now=10.0, dt=0.1) == 'period'
+    assert ex.add(10.0, NAMES, a[:, :5], now=10.0) == 'shape'
+
+
+def test_commands_are_clipped_to_the_limits():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    a = chunk(2)
+    a[0, 0], a[0, 6] = 0.5, 3.0
+    ex.add(10.0, NAMES, a, now=10.0)
+    command, _ = ex.tick(10.0)
+    assert command[0] == pytest.approx(0.02) and command[6] == pytest.approx(1.0)
+    assert ex.stats.clipped_ticks == 1
+    command, hold = ex.tick(10.05)
+    command, hold = ex.tick(10.1)
+    assert hold and command[6] == pytest.approx(1.0)  # holds the clipped gripper value
+
+
+@pytest.mark.parametrize('field,value', [('mode', 'blend'), ('control_rate', 0.0),
+                                         ('lower_limits', (0.0,)), ('absolute_joints', ('x',)),
+                                         ('joint_names', ('a', 'a'))])
+def test_config_names_the_bad_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        ChunkExecutorConfig(**{field: value})
+
+
+def test_policy_stats_windows_and_episodes():
+    stats = PolicyStats(window=2)
+    for i, ms in enumerate([10.0, 20.0, 30.0]):
+        stats.step(StepRecord(episode=1 if i < 2 else 2, layers_run=6, layers_guided=6,
+                              layers_total=12, verified=i == 0, policy_ms=ms,
+                              camera_to_chunk_ms=ms + 1))
+    stats.error('stale')
+    s = stats.summary()
+    assert s['steps'] == 3 and s['verifications'] == 1 and s['errors_stale'] == 1
+    assert s['policy_ms_p50'] == pytest.approx(25.0)  # window of the last two
+    assert s['skip_rate'] == pytest.approx(0.5)
+    assert stats.episode_summary()['steps'] == 1  # only episode 2's step
