@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..validation import require
 from .config import from_dict
 from .dysl import Adapter, Controller
 from .io import read_json, read_tensors, write_json
@@ -36,10 +37,6 @@ from .vla import VLA
 BASELINE_WEIGHTS, BASELINE_JSON = 'baseline.safetensors', 'baseline.json'
 FORMAT = 1
 
-
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
 
 
 class Inference(NamedTuple):
@@ -93,10 +90,10 @@ class FlexiDepthConfig:
     router_init_bias: float = 2.0
 
     def __post_init__(self) -> None:
-        _require(self.router_width >= 1, 'router_width', self.router_width, '>= 1')
-        _require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
-        _require(0.0 < self.threshold < 1.0, 'threshold', self.threshold, 'a value in (0, 1)')
-        _require(math.isfinite(self.router_init_bias), 'router_init_bias',
+        require(self.router_width >= 1, 'router_width', self.router_width, '>= 1')
+        require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
+        require(0.0 < self.threshold < 1.0, 'threshold', self.threshold, 'a value in (0, 1)')
+        require(math.isfinite(self.router_init_bias), 'router_init_bias',
                  self.router_init_bias, 'a finite number')
 
     def to_dict(self) -> dict:
@@ -183,7 +180,7 @@ class DeeRConfig:
     exit_every: int = 2
 
     def __post_init__(self) -> None:
-        _require(self.exit_every >= 1, 'exit_every', self.exit_every, '>= 1')
+        require(self.exit_every >= 1, 'exit_every', self.exit_every, '>= 1')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,7 +188,7 @@ class DeeRConfig:
 
 def exit_layers(num_layers: int, every: int) -> list[int]:
     """Layer counts at which exits sit: every, 2*every, ..., and num_layers."""
-    _require(num_layers >= 1, 'num_layers', num_layers, '>= 1')
+    require(num_layers >= 1, 'num_layers', num_layers, '>= 1')
     exits = list(range(every, num_layers + 1, every))
     if not exits or exits[-1] != num_layers:
         exits.append(num_layers)

@@ -5,12 +5,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..validation import require
+
 ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
 
-
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
 
 
 @dataclass(frozen=True)
@@ -47,24 +45,24 @@ class VLAConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, 'cameras', tuple(self.cameras))
         object.__setattr__(self, 'action_names', tuple(self.action_names))
-        _require(1 <= len(self.cameras) <= 4, 'cameras', self.cameras, '1 to 4 camera names')
-        _require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
+        require(1 <= len(self.cameras) <= 4, 'cameras', self.cameras, '1 to 4 camera names')
+        require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
                  'distinct names')
         object.__setattr__(self, 'stem_channels', tuple(self.stem_channels))
-        _require(self.patch_size >= 4 and self.patch_size % 4 == 0, 'patch_size',
+        require(self.patch_size >= 4 and self.patch_size % 4 == 0, 'patch_size',
                  self.patch_size, 'a positive multiple of 4')
-        _require(len(self.stem_channels) == 2 and min(self.stem_channels) >= 1, 'stem_channels',
+        require(len(self.stem_channels) == 2 and min(self.stem_channels) >= 1, 'stem_channels',
                  self.stem_channels, 'two positive widths')
-        _require(self.image_size > 0 and self.image_size % self.patch_size == 0, 'image_size',
+        require(self.image_size > 0 and self.image_size % self.patch_size == 0, 'image_size',
                  self.image_size, f'a positive multiple of patch_size={self.patch_size}')
-        _require(self.n_layers >= 2, 'n_layers', self.n_layers, '>= 2')
-        _require(self.n_heads > 0 and self.d_model % self.n_heads == 0, 'd_model',
+        require(self.n_layers >= 2, 'n_layers', self.n_layers, '>= 2')
+        require(self.n_heads > 0 and self.d_model % self.n_heads == 0, 'd_model',
                  self.d_model, f'a positive multiple of n_heads={self.n_heads}')
-        _require(self.mlp_ratio >= 1, 'mlp_ratio', self.mlp_ratio, '>= 1')
-        _require(self.max_instruction_tokens >= 1, 'max_instruction_tokens',
+        require(self.mlp_ratio >= 1, 'mlp_ratio', self.mlp_ratio, '>= 1')
+        require(self.max_instruction_tokens >= 1, 'max_instruction_tokens',
                  self.max_instruction_tokens, '>= 1')
-        _require(self.chunk_size >= 1, 'chunk_size', self.chunk_size, '>= 1')
-        _require(len(self.action_names) >= 1, 'action_names', self.action_names, 'non-empty')
+        require(self.chunk_size >= 1, 'chunk_size', self.chunk_size, '>= 1')
+        require(len(self.action_names) >= 1, 'action_names', self.action_names, 'non-empty')
 
     @property
     def action_dim(self) -> int:
@@ -109,11 +107,11 @@ class DySLConfig:
     skip_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.static_ratio <= 1.0, 'static_ratio', self.static_ratio,
+        require(0.0 <= self.static_ratio <= 1.0, 'static_ratio', self.static_ratio,
                  'a value in [0, 1]')
-        _require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
-        _require(self.controller_width >= 1, 'controller_width', self.controller_width, '>= 1')
-        _require(0.0 < self.skip_threshold < 1.0, 'skip_threshold', self.skip_threshold,
+        require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
+        require(self.controller_width >= 1, 'controller_width', self.controller_width, '>= 1')
+        require(0.0 < self.skip_threshold < 1.0, 'skip_threshold', self.skip_threshold,
                  'a value in (0, 1)')
 
     def to_dict(self) -> dict:

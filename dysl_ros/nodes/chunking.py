@@ -24,12 +24,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..validation import require
+
 MODES = ('replace', 'ensemble')
 
-
-def _require(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
 
 
 @dataclass(frozen=True)
@@ -70,24 +68,24 @@ class ChunkExecutorConfig:
                      'initial_absolute'):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.joint_names)
-        _require(n >= 1 and len(set(self.joint_names)) == n and all(self.joint_names),
+        require(n >= 1 and len(set(self.joint_names)) == n and all(self.joint_names),
                  'joint_names', self.joint_names, 'distinct, non-empty names')
-        _require(0.0 < self.control_rate <= 1000.0, 'control_rate', self.control_rate,
+        require(0.0 < self.control_rate <= 1000.0, 'control_rate', self.control_rate,
                  '(0, 1000] Hz')
-        _require(self.mode in MODES, 'mode', self.mode, f'one of {MODES}')
-        _require(0.0 <= self.ensemble_decay <= 10.0, 'ensemble_decay', self.ensemble_decay,
+        require(self.mode in MODES, 'mode', self.mode, f'one of {MODES}')
+        require(0.0 <= self.ensemble_decay <= 10.0, 'ensemble_decay', self.ensemble_decay,
                  '[0, 10]')
-        _require(0.0 < self.max_chunk_age <= 60.0, 'max_chunk_age', self.max_chunk_age,
+        require(0.0 < self.max_chunk_age <= 60.0, 'max_chunk_age', self.max_chunk_age,
                  '(0, 60] s')
         for name in ('lower_limits', 'upper_limits'):
             values = getattr(self, name)
-            _require(len(values) == n and all(math.isfinite(v) for v in values), name,
+            require(len(values) == n and all(math.isfinite(v) for v in values), name,
                      values, f'{n} finite values, one per joint of {self.joint_names}')
-        _require(all(lo <= hi for lo, hi in zip(self.lower_limits, self.upper_limits)),
+        require(all(lo <= hi for lo, hi in zip(self.lower_limits, self.upper_limits)),
                  'lower_limits', self.lower_limits, f'<= upper_limits={self.upper_limits}')
-        _require(set(self.absolute_joints) <= set(self.joint_names), 'absolute_joints',
+        require(set(self.absolute_joints) <= set(self.joint_names), 'absolute_joints',
                  self.absolute_joints, f'names from joint_names={self.joint_names}')
-        _require(len(self.initial_absolute) == len(self.absolute_joints), 'initial_absolute',
+        require(len(self.initial_absolute) == len(self.absolute_joints), 'initial_absolute',
                  self.initial_absolute, f'one value per absolute joint {self.absolute_joints}')
 
     @property

@@ -39,6 +39,7 @@ from dysl_ros.sim.scene import (  # noqa: E402
 from dysl_ros.sim.tasks import TASKS, SuccessMonitor, Task, find_task, task_by_name  # noqa: E402
 
 from dysl_ros.model.config import ACTION_NAMES  # noqa: E402  (one definition, shared)
+from dysl_ros.validation import require  # noqa: E402
 
 # Randomisation ranges of reset() (metres / radians).
 BLOCK_X = (-0.16, 0.16)
@@ -50,10 +51,6 @@ START_X = (-0.05, 0.05)
 START_Y = (-0.14, -0.08)
 START_Z = (0.2, 0.25)
 
-
-def _require(ok: bool, name: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
 
 
 @dataclass(frozen=True)
@@ -95,32 +92,32 @@ class SimConfig:
     def __post_init__(self) -> None:
         for name in ('cameras', 'workspace_low', 'workspace_high'):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _require(16 <= self.image_size <= 1024, 'image_size', self.image_size, '16..1024')
-        _require(all(c in CAMERAS for c in self.cameras), 'cameras', self.cameras,
+        require(16 <= self.image_size <= 1024, 'image_size', self.image_size, '16..1024')
+        require(all(c in CAMERAS for c in self.cameras), 'cameras', self.cameras,
                  f'names from {CAMERAS}')
-        _require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
+        require(len(set(self.cameras)) == len(self.cameras), 'cameras', self.cameras,
                  'distinct names')
-        _require(self.control_hz > 0, 'control_hz', self.control_hz, '> 0')
-        _require(0 < self.physics_timestep <= 0.01, 'physics_timestep', self.physics_timestep,
+        require(self.control_hz > 0, 'control_hz', self.control_hz, '> 0')
+        require(0 < self.physics_timestep <= 0.01, 'physics_timestep', self.physics_timestep,
                  '(0, 0.01] s')
         sub = 1.0 / (self.control_hz * self.physics_timestep)
-        _require(sub >= 1 and abs(sub - round(sub)) < 1e-6, 'control_hz', self.control_hz,
+        require(sub >= 1 and abs(sub - round(sub)) < 1e-6, 'control_hz', self.control_hz,
                  f'a rate whose period is a whole number of physics_timestep='
                  f'{self.physics_timestep} substeps (got {sub:.3f})')
-        _require(0 < self.max_translation <= 0.1, 'max_translation', self.max_translation,
+        require(0 < self.max_translation <= 0.1, 'max_translation', self.max_translation,
                  '(0, 0.1] m')
-        _require(0 < self.max_rotation <= 0.5, 'max_rotation', self.max_rotation,
+        require(0 < self.max_rotation <= 0.5, 'max_rotation', self.max_rotation,
                  '(0, 0.5] rad')
-        _require(0 <= self.max_tilt <= 1.2, 'max_tilt', self.max_tilt, '[0, 1.2] rad')
-        _require(self.max_lag >= math.sqrt(3) * self.max_translation, 'max_lag', self.max_lag,
+        require(0 <= self.max_tilt <= 1.2, 'max_tilt', self.max_tilt, '[0, 1.2] rad')
+        require(self.max_lag >= math.sqrt(3) * self.max_translation, 'max_lag', self.max_lag,
                  f'>= sqrt(3) * max_translation={self.max_translation} (one full step)')
-        _require(self.max_steps is None or self.max_steps >= 1, 'max_steps', self.max_steps,
+        require(self.max_steps is None or self.max_steps >= 1, 'max_steps', self.max_steps,
                  'None or >= 1')
         lo, hi = np.array(self.workspace_low), np.array(self.workspace_high)
-        _require(lo.shape == (3,) and hi.shape == (3,) and bool(np.all(lo < hi)),
+        require(lo.shape == (3,) and hi.shape == (3,) and bool(np.all(lo < hi)),
                  'workspace_low', (self.workspace_low, self.workspace_high),
                  'two (x, y, z) corners with low < high')
-        _require(lo[2] >= 0.02, 'workspace_low', self.workspace_low,
+        require(lo[2] >= 0.02, 'workspace_low', self.workspace_low,
                  'z >= 0.02 (fingertips above the table)')
 
     @property

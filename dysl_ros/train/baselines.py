@@ -42,10 +42,11 @@ from ..runtime.methods import (ABLATIONS, BASELINE_JSON, RANDOM_SKIP_FORMAT, TRA
                                ablation_dir, baseline_dir, make_policy)
 from ..runtime.policy import Policy
 from ..sim.demos import Episode
+from ..validation import require
 from .calibrate import layer_similarity, select_static
 from .dataset import DemoDataset, EmbeddedBatches, load_demos
 from .distill import DistillConfig, distill, hidden_mse
-from .optim import check_reiterable, frozen, make_optimizer, require
+from .optim import check_reiterable, frozen, make_optimizer
 
 Batch = Union[torch.Tensor, tuple]
 

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from ..model.config import VLAConfig, from_dict
 from ..model.io import VLA_JSON, load_vla, read_json, read_tensors, save_vla, write_json
 from ..model.vla import VLA
+from ..validation import require
 from .dataset import (ACTION_MIN_STD, DemoDataset, augment_images, demo_cameras,
                       demo_instructions, demo_tokenizer, load_demos)
-from .optim import cosine_factor, require
+from .optim import cosine_factor
 
 CHECKPOINT = 'checkpoint'
 OPTIM_WEIGHTS, OPTIM_JSON, STATE_WEIGHTS, STATE_JSON = (

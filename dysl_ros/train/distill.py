@@ -27,8 +27,9 @@ from ..model.config import DySLConfig
 from ..model.dysl import DySL
 from ..model.io import save_dysl
 from ..model.layout import Layout
+from ..validation import require
 from .calibrate import module_device
-from .optim import check_reiterable, cycle, frozen, make_optimizer, require
+from .optim import check_reiterable, cycle, frozen, make_optimizer
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DECAYS = ('harmonic', 'linear')

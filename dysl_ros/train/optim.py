@@ -10,12 +10,6 @@ import torch
 from torch import nn
 
 
-def require(ok: bool, name: str, value: object, expected: str) -> None:
-    """Raise ValueError naming the field and its bad value."""
-    if not ok:
-        raise ValueError(f'{name}={value!r} is invalid: expected {expected}')
-
-
 def cosine_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
     """Learning-rate multiplier: linear warm-up over `warmup` steps, then cosine to min_ratio."""
     if step < warmup:
