@@ -56,6 +56,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..runtime.policy import NonFiniteOutput
 from .image_conversion import ImageConversionError, msg_to_rgb
 from .params import Param, declare_params, package_path, read_params
 from .qos import CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
@@ -395,16 +396,13 @@ class PolicyNode(LifecycleNode):
         try:
             chunk, step = self._model_thread.submit(
                 self._step, {c: f.rgb for c, f in frames.items()}, instruction, reset).result()
-        except Exception as e:  # the node survives a failing step and says why
-            if 'non-finite' in str(e):  # the guidance refuses a non-finite chunk
-                self._non_finite()
-            else:
-                self._complain('inference', f'policy step failed: {type(e).__name__}: {e}')
-            return
-        policy_ms = (time.perf_counter() - t0) * 1e3
-        if not np.all(np.isfinite(chunk)):
+        except NonFiniteOutput:
             self._non_finite()
             return
+        except Exception as e:  # the node survives a failing step and says why
+            self._complain('inference', f'policy step failed: {type(e).__name__}: {e}')
+            return
+        policy_ms = (time.perf_counter() - t0) * 1e3
         msg = self._chunk_msg(first.stamp, chunk)
         with self._lock:
             if not self._active or self._episode != episode:

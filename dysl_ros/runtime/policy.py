@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from ..model.vla import VLA
 
 
+class NonFiniteOutput(ValueError):
+    """The model produced NaN or inf: no chunk may reach the robot."""
+
+
+def check_finite(chunk: np.ndarray) -> np.ndarray:
+    """The chunk itself, or NonFiniteOutput saying how many values are NaN or inf."""
+    if not np.isfinite(chunk).all():
+        raise NonFiniteOutput(f'the model returned a non-finite chunk '
+                              f'({int((~np.isfinite(chunk)).sum())} of {chunk.size} values)')
+    return chunk
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a runtime needs to know of a model besides its units."""
@@ -47,7 +59,8 @@ class ModelSpec:
         return pixels, self.tokenizer.encode(instruction)[None]
 
     def unnormalise(self, chunk: np.ndarray) -> np.ndarray:
-        return chunk * self.action_std + self.action_mean
+        """Normalised (H, D) -> action units; a non-finite chunk raises NonFiniteOutput."""
+        return check_finite(chunk) * self.action_std + self.action_mean
 
     @classmethod
     def from_model(cls, vla: 'VLA', layout: Optional[Layout] = None,
@@ -122,13 +135,13 @@ class GuidedPolicy:
         x, trace = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter,
                                  allow, self.spec.skip_threshold)
         t.lap('backbone')
-        chunk = r.head(x)
+        chunk = check_finite(r.head(x))  # before the guidance sees it
         t.lap('head')
         layers_run = len(trace.layers_run)
         verified = trace.skipped and self.guidance.is_onset(chunk)
         if verified:  # post-skip verification: the same embedding at full depth
             x, _ = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter)
-            chunk = r.head(x)
+            chunk = check_finite(r.head(x))
             layers_run += self.spec.layout.num_layers
             t.lap('verify')
         self.guidance.push(chunk)
