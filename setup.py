@@ -1,8 +1,16 @@
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 package_name = 'dysl_ros'
+
+
+def tree(folder):
+    """data_files entries installing `folder` (with subfolders) under share/<package>."""
+    return [(os.path.join('share', package_name, root), [os.path.join(root, f) for f in files])
+            for root, _, files in os.walk(folder) if files]
+
 
 setup(
     name=package_name,
@@ -13,8 +21,7 @@ setup(
         ('share/' + package_name, ['package.xml', 'README.md']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml')),
-        ('share/' + package_name + '/models/default', glob('models/default/*')),
-    ],
+    ] + tree('models'),
     install_requires=['setuptools'],
     zip_safe=True,
     maintainer='dysl_ros maintainers',
