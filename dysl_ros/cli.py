@@ -21,6 +21,12 @@ COMMANDS = {
     'distill': ('dysl_ros.train.distill', 'two-stage distillation of the DySL parts'),
     'export': ('dysl_ros.export.onnx_export', 'export per-unit ONNX graphs and a manifest'),
     'engines': ('dysl_ros.export.tensorrt_build', 'build TensorRT engines from an export'),
+    'record': ('dysl_ros.bags.record',
+               'record simulated episodes (expert or policy) into a rosbag2 bag'),
+    'replay': ('dysl_ros.bags.replay',
+               'replay a bag through a policy, step-locked or live; report vs reference chunks'),
+    'bag2demos': ('dysl_ros.bags.convert',
+                  'convert recorded bags into a demo folder for calibrate / distill'),
     'train-baselines': ('dysl_ros.train.baselines',
                         'train / calibrate the baselines and the DySL ablations'),
 }

@@ -21,7 +21,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / 'models' / 'default'
+from ..paths import default_model_dir
+
+DEFAULT_MODEL = default_model_dir()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..paths import default_model_dir
 from ..export.manifest import MANIFEST_NAME, Manifest
 from ..guidance import GuidanceConfig
 from ..model import VLAConfig
@@ -54,7 +55,7 @@ from ..runtime.runner import Runner
 from .scale import SCALES, build_llama
 from .trace import Decision, DecisionTrace, replay_policy
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / 'models' / 'default'
+DEFAULT_MODEL = default_model_dir()
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 INSTRUCTION = 'pick up the red block'
 TARGET = 0.9  # fraction of ideal the DySL backbone should reach

@@ -24,13 +24,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..paths import default_model_dir
 from ..guidance import GuidanceConfig
 from ..model.dysl import DySL
 from .manifest import (MANIFEST_NAME, Manifest, TensorSpec, Unit, guidance_config,
                        sha256_file, unit_name)
 
 DEFAULT_OPSET = 18
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / 'models' / 'default'
+DEFAULT_MODEL = default_model_dir()
 RTOL = {'float32': 1e-4, 'float16': 1e-2}  # parity bound per export precision
 _DTYPE = {torch.float32: 'float32', torch.float16: 'float16'}
 

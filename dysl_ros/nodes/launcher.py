@@ -22,7 +22,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
-from .params import package_path
+from ..paths import package_path
 
 
 def ros_environment(domain_id: Optional[int] = None) -> dict[str, str]:

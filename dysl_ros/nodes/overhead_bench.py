@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _model(args: argparse.Namespace, tmp: Path) -> Path:
     from ..model.io import VLA_JSON
-    from ..tools.demo import build_random_model_apart, default_model_dir
+    from ..paths import default_model_dir
+    from ..tools.demo import build_random_model_apart
     if args.model:
         return Path(args.model)
     model = default_model_dir()

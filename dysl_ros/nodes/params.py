@@ -8,13 +8,11 @@ checks it), so a node started without a parameters file behaves the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-PACKAGE = 'dysl_ros'
 
 
 @dataclass(frozen=True)
@@ -76,13 +74,3 @@ def defaults(params: Sequence[Param]) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
-def package_path(*parts: str) -> Path:
-    """A file of this package: the source tree when running from it, else the ROS share."""
-    here = Path(__file__).resolve().parents[2].joinpath(*parts)
-    if here.exists():
-        return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory(PACKAGE)).joinpath(*parts)
-    except Exception:  # not installed as a ROS package: report the source-tree path
-        return here

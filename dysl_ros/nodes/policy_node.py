@@ -58,7 +58,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..runtime.policy import NonFiniteOutput
 from .image_conversion import ImageConversionError, msg_to_rgb
-from .params import Param, declare_params, package_path, read_params
+from ..paths import default_model_dir
+from .params import Param, declare_params, read_params
 from .qos import CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
 from .stats import PolicyStats, StepRecord
 
@@ -154,7 +155,7 @@ class PolicyNodeConfig:
 
     @property
     def model_dir(self) -> Path:
-        return Path(self.model_path) if self.model_path else package_path('models', 'default')
+        return Path(self.model_path) if self.model_path else default_model_dir()
 
     @property
     def dt(self) -> float:
@@ -163,24 +164,17 @@ class PolicyNodeConfig:
 
 def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     """The Policy (dysl_ros.runtime.policy.Policy) the parameters ask for."""
-    source = cfg.model_dir
-    if not source.exists():
-        raise FileNotFoundError(f'model directory {source} does not exist (set the '
+    from ..runtime.loading import open_policy
+    if not cfg.model_dir.exists():
+        raise FileNotFoundError(f'model directory {cfg.model_dir} does not exist (set the '
                                 'model_path parameter, or train the default model)')
-    if cfg.backend == 'torch':
-        from ..runtime.methods import make_policy
-        return make_policy(cfg.method, source, device=cfg.device)
-    from ..export.manifest import MANIFEST_NAME
-    from ..runtime.loading import load_guided_policy
-    if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
-            (source / 'onnx' / MANIFEST_NAME).is_file():
-        source = source / 'onnx'  # a model directory with its export inside
+    options: dict[str, Any] = {}
     if cfg.backend == 'onnxruntime':
         options = {'threads': cfg.ort_threads}
-    else:
+    elif cfg.backend == 'tensorrt':
         options = {'engine_cache': Path(cfg.engine_cache) if cfg.engine_cache else None,
                    'precision': cfg.precision, 'build_engines': cfg.build_engines, 'log': log}
-    return load_guided_policy(cfg.backend, source, skipping=cfg.method == 'dysl', **options)
+    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.device, **options)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..export.manifest import MANIFEST_NAME, Manifest, guidance_config
 from ..guidance import GuidanceConfig
 from ..model.config import VLAConfig
-from .policy import GuidedPolicy, ModelSpec
+from .policy import GuidedPolicy, ModelSpec, Policy
 from .runner import Runner
 
 if TYPE_CHECKING:  # torch loads only for the torch backend: exports run without it
@@ -142,3 +142,27 @@ def load_guided_policy(backend: str, source: Any, *, skipping: bool = True,
     stored settings (tau, K, ...) when given."""
     loaded = load_model(backend, source, **options)
     return GuidedPolicy(loaded.runner, loaded.spec, guidance or loaded.guidance, skipping)
+
+
+EXPORT_METHODS = ('dysl', 'full')  # what an export holds; torch runs every method
+
+
+def open_policy(model: Path, backend: str = 'torch', method: str = 'dysl',
+                device: str = 'cpu', **options: Any) -> Policy:
+    """The Policy a node or tool runs: torch runs any method from a model directory; the
+    exported backends run dysl or full from an export (its folder, or <model>/onnx).
+    options go to the runner (onnxruntime: threads; tensorrt: engine_cache, precision, ...)."""
+    source = Path(model)
+    if not source.exists():
+        raise FileNotFoundError(f'model {source} does not exist')
+    if backend == 'torch':
+        from .methods import make_policy
+        return make_policy(method, source, device=device)
+    if method not in EXPORT_METHODS:
+        raise ValueError(f'method={method!r} is invalid for backend {backend}: exports run '
+                         f'{list(EXPORT_METHODS)}')
+    if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
+            (source / 'onnx' / MANIFEST_NAME).is_file():
+        source = source / 'onnx'  # a model directory with its export inside
+    return load_guided_policy(backend, source, skipping=method == 'dysl', **options)
+

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..paths import default_model_dir
 from ..guidance import GuidanceConfig
 from ..model import VLAConfig
 from ..model.io import VLA_JSON, save_dysl, save_vla
@@ -85,11 +86,6 @@ def build_random_model_apart(directory: Path, seed: int = 0, export: bool = Fals
         raise RuntimeError(f'building the random model in {directory} failed:\n'
                            f'{result.stderr[-2000:]}')
     return Path(directory)
-
-
-def default_model_dir() -> Path:
-    from ..nodes.params import package_path
-    return package_path('models', 'default')
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,220 @@
+"""`python -m dysl_ros bag2demos`: recorded bags -> the demonstration format of sim/demos.py.
+
+From camera frames, instructions and commands (a robot's teleoperation, or `record`) to one
+.npz per episode + index.json + stats.json, the format `train-bc`, `calibrate` and `distill`
+read (dysl_ros.sim.demos documents it), so DySL can be calibrated and distilled on a robot's
+own demonstrations.
+
+Episodes start at each instruction message (dysl_ros.bags.episodes). The action of
+observation t is the first command logged at or after its frame and before the next frame
+(the command the robot issued in response); an observation without one (the last frame of an
+episode, say) is dropped. From the episode status (bags from `record`, or any JSON status
+with these keys) come 'task', 'seed', 'success' and per-step 'phase'; otherwise the task is
+a name made from the instruction, the seed is the episode's number and the phase 'unknown'.
+Episodes whose status says success: false are dropped unless --keep-failed.
+
+    python -m dysl_ros bag2demos bags/day1 bags/day2 --out data/robot_demos --image-size 64 \\
+        --camera front=/camera/color/image_raw --command-topic /arm/command
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .bagfile import USER_ERRORS, fail
+from .episodes import BagEpisode, load_bag
+from .topics import TopicMap, add_topic_arguments, topics_from_args
+
+DEMOS_FORMAT = 'dysl_ros.demos/1'  # dysl_ros.sim.demos.FORMAT (not imported: it loads MuJoCo)
+ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')  # sim.env.ACTION_NAMES
+
+
+def episode_arrays(e: BagEpisode, cameras: Sequence[str], image_size: int = 0
+                   ) -> Optional[dict[str, Any]]:
+    """(images per camera, actions, phases) of one bag episode, or None with no step."""
+    cmd_times = [t for t, _, _ in e.commands]
+    obs = e.observations
+    images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
+    actions, phases = [], []
+    for i, o in enumerate(obs):
+        end = obs[i + 1].log_ns if i + 1 < len(obs) else e.end_ns
+        k = int(np.searchsorted(cmd_times, o.log_ns, side='left'))
+        if k >= len(cmd_times) or cmd_times[k] >= end:
+            continue  # no command answered this frame
+        frames = o.images()
+        for c in cameras:
+            im = frames[c]
+            if image_size and im.shape[:2] != (image_size, image_size):
+                im = cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_AREA)
+            images[c].append(im)
+        actions.append(e.commands[k][1])
+        phases.append(e.phase(o.log_ns) or 'unknown')
+    if not actions:
+        return None
+    dims = {a.shape for a in actions}
+    if len(dims) != 1:
+        raise ValueError(f'episode {e.index} ({e.instruction!r}): commands of different sizes '
+                         f'{sorted(dims)}')
+    shapes = {c: {im.shape for im in v} for c, v in images.items()}
+    for c, s in shapes.items():
+        if len(s) != 1:
+            raise ValueError(f'camera {c!r}: frames of different sizes {sorted(s)} in episode '
+                             f'{e.index}; pass --image-size to resize them')
+    return {'images': {c: np.stack(v) for c, v in images.items()},
+            'actions': np.stack(actions).astype(np.float32), 'phases': np.array(phases)}
+
+
+def task_name(instruction: str) -> str:
+    """A file-name-safe task name from an instruction ('pick up the red block' ->
+    'pick_up_the_red_block'), at most 40 characters."""
+    name = re.sub(r'[^a-z0-9]+', '_', instruction.lower()).strip('_')
+    return name[:40].strip('_') or 'task'
+
+
+def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap = TopicMap(),
+                  image_size: int = 0, instruction: Optional[str] = None,
+                  action_names: Sequence[str] = ACTION_NAMES, keep_failed: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Convert the bags into a demo folder; return a summary (episodes kept / dropped)."""
+    if image_size < 0 or (image_size and image_size < 16):
+        raise ValueError(f'image_size={image_size} is invalid: expected 0 (keep) or >= 16')
+    if len(action_names) != len(ACTION_NAMES):
+        # sim.demos.load_episode (and the trainers behind it) read (T, 7) actions only
+        raise ValueError(f'action_names={list(action_names)}: the demo format takes '
+                         f'{len(ACTION_NAMES)} actions {ACTION_NAMES}')
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / 'index.json').exists() or any(out.glob('*.npz')):
+        if not overwrite:
+            raise FileExistsError(f'{out} already holds a dataset; pass --overwrite to '
+                                  'replace it')
+        for p in list(out.glob('*.npz')) + [out / 'index.json', out / 'stats.json']:
+            p.unlink(missing_ok=True)
+    cameras = topics.camera_names
+    entries, all_actions, sizes, rates = [], [], set(), []
+    dropped = {'failed': 0, 'empty': 0}
+    per_task: dict[str, dict] = {}
+    n = 0
+    for bag in bags:
+        data = load_bag(bag, topics, need=('cameras', 'instruction', 'command'),
+                        instruction=instruction)
+        for e in tqdm(data.episodes, desc=f'{Path(bag).name}', unit='ep', disable=not progress):
+            status = e.status
+            if status.get('success') is False and not keep_failed:
+                dropped['failed'] += 1
+                continue
+            arrays = episode_arrays(e, cameras, image_size)
+            if arrays is None:
+                dropped['empty'] += 1
+                continue
+            if arrays['actions'].shape[1] != len(action_names):
+                raise ValueError(f'{bag}: episode {e.index}: commands have '
+                                 f'{arrays["actions"].shape[1]} values, expected '
+                                 f'{len(action_names)} ({list(action_names)})')
+            shapes = {im.shape[1:3] for im in arrays['images'].values()} | sizes
+            if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
+                raise ValueError(f'{bag}: episode {e.index}: frames of sizes {sorted(shapes)} '
+                                 'in this dataset; the demo format takes one square size: '
+                                 'pass --image-size to resize')
+            task = str(status.get('task') or task_name(e.instruction))
+            seed = int(status['seed']) if isinstance(status.get('seed'), int) else n
+            name = f'{task}_s{seed}.npz'
+            if any(x['file'] == name for x in entries):
+                name = f'{task}_s{seed}_{n}.npz'
+            save_demo(out / name, arrays, e.instruction, task, seed,
+                      success=status.get('success') is not False)
+            length = int(arrays['actions'].shape[0])
+            entries.append({'file': name, 'task': task, 'instruction': e.instruction,
+                            'seed': seed, 'length': length, 'bag': str(bag),
+                            'episode': e.index})
+            all_actions.append(arrays['actions'])
+            sizes |= {im.shape[1:3] for im in arrays['images'].values()}
+            times = [o.log_ns for o in e.observations]
+            if len(times) > 1:
+                rates.append(1e9 / float(np.median(np.diff(times))))
+            t = per_task.setdefault(task, {'kept': 0, 'steps': 0})
+            t['kept'] += 1
+            t['steps'] += length
+            n += 1
+    if not entries:
+        raise ValueError(f'no episode with commands in {[str(b) for b in bags]} '
+                         f'(dropped: {dropped})')
+    side = next(iter(sizes))
+    index = {'format': DEMOS_FORMAT, 'action_names': list(action_names),
+             'cameras': list(cameras), 'image_size': int(side[0]),
+             'control_hz': float(np.median(rates)) if rates else None,
+             'source': 'bag2demos', 'bags': [str(b) for b in bags],
+             'topics': {'cameras': [list(c) for c in topics.cameras],
+                        'instruction': topics.instruction, 'command': topics.command},
+             'episodes': entries, 'per_task': per_task, 'dropped': dropped}
+    (out / 'index.json').write_text(json.dumps(index, indent=1))
+    a = np.concatenate(all_actions).astype(np.float64)  # (N, D)
+    stats = {'action_names': list(action_names), 'count': int(a.shape[0]),
+             'mean': a.mean(0).tolist(), 'std': a.std(0).tolist(), 'min': a.min(0).tolist(),
+             'max': a.max(0).tolist()}
+    (out / 'stats.json').write_text(json.dumps(stats, indent=1))
+    return {'out_dir': str(out), 'episodes': len(entries), 'steps': int(a.shape[0]),
+            'dropped': dropped, 'per_task': per_task}
+
+
+def save_demo(path: Path, arrays: dict, instruction: str, task: str, seed: int,
+              success: bool) -> None:
+    """One episode .npz with the keys of sim.demos.save_episode, written atomically."""
+    data = {f'images_{c}': im for c, im in arrays['images'].items()}
+    data.update(actions=arrays['actions'].astype(np.float32),
+                phases=np.asarray(arrays['phases'], dtype=str),
+                instruction=np.array(instruction), task=np.array(task),
+                seed=np.array(seed, dtype=np.int64), success=np.array(bool(success)))
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'wb') as f:
+        np.savez_compressed(f, **data)
+    os.replace(tmp, path)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m dysl_ros bag2demos`."""
+    parser.add_argument('bags', nargs='+', type=Path, help='rosbag2 bags (directories or files)')
+    parser.add_argument('--out', required=True, type=Path, help='demo folder to write')
+    parser.add_argument('--image-size', type=int, default=0,
+                        help='resize frames to this square size (default: keep; frames must '
+                        'then be square and all the same size)')
+    parser.add_argument('--instruction', default=None,
+                        help='for bags without instructions: one episode per bag with this '
+                        'instruction')
+    parser.add_argument('--action-names', nargs='+', default=list(ACTION_NAMES),
+                        help='names of the command values, in order')
+    parser.add_argument('--keep-failed', action='store_true',
+                        help='keep episodes whose status says success: false')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing dataset')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_topic_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and print a summary."""
+    try:
+        return _run(args)
+    except USER_ERRORS as e:
+        return fail(e)
+
+
+def _run(args: argparse.Namespace) -> int:
+    topics, _ = topics_from_args(args)
+    summary = bags_to_demos(args.bags, args.out, topics, args.image_size, args.instruction,
+                            tuple(args.action_names), args.keep_failed, args.overwrite,
+                            progress=not args.quiet)
+    print(f'{summary["episodes"]} episodes, {summary["steps"]} steps -> {summary["out_dir"]} '
+          f'(dropped {summary["dropped"]["failed"]} failed, {summary["dropped"]["empty"]} '
+          'without commands)')
+    for task, t in summary['per_task'].items():
+        print(f'  {task}: {t["kept"]} episodes, {t["steps"]} steps')
+    return 0

@@ -1,0 +1,261 @@
+"""Topic names, message types and message <-> numpy conversions of the bags (rosbags only).
+
+Default topic names are those of the nodes (dysl_ros.nodes) in the root namespace, so a bag
+recorded here replays into a policy node as it is, and `ros2 bag record` of the demo graph
+gives a bag every command here reads:
+
+    /image, /wrist/image       sensor_msgs/msg/Image (or CompressedImage), one per camera
+    /instruction               std_msgs/msg/String
+    /action_chunk              trajectory_msgs/msg/JointTrajectory (stamp = the image's stamp)
+    /command                   std_msgs/msg/Float64MultiArray (one action per control tick)
+    /episode_status            std_msgs/msg/String, JSON (as the sim node; + 'phase')
+    /policy_node/step_stats    std_msgs/msg/String, JSON (as the policy node; + 'guidance')
+
+Bags from a robot have other names: every command takes them as arguments (--camera
+NAME=TOPIC, --instruction-topic, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ..validation import require
+
+MSG_IMAGE = 'sensor_msgs/msg/Image'
+MSG_COMPRESSED = 'sensor_msgs/msg/CompressedImage'
+MSG_STRING = 'std_msgs/msg/String'
+MSG_CHUNK = 'trajectory_msgs/msg/JointTrajectory'
+MSG_COMMAND = 'std_msgs/msg/Float64MultiArray'
+IMAGE_TYPES = (MSG_IMAGE, MSG_COMPRESSED)
+
+DEFAULT_CAMERAS = (('front', '/image'), ('wrist', '/wrist/image'))
+
+# encoding -> (channels, bytes per channel), as dysl_ros.nodes.image_conversion
+_LAYOUT = {'rgb8': (3, 1), 'bgr8': (3, 1), 'rgba8': (4, 1), 'bgra8': (4, 1), 'mono8': (1, 1),
+           'mono16': (1, 2)}
+
+
+@dataclass(frozen=True)
+class TopicMap:
+    """Where each stream lives in a bag (absolute topic names).
+
+    Args:
+        cameras: (camera name, topic) pairs in the model's camera order; the first is the
+            primary camera whose frames are the observations (as in the policy node).
+        instruction: std_msgs/String; every message starts a new episode.
+        chunk: trajectory_msgs/JointTrajectory action chunks.
+        command: std_msgs/Float64MultiArray executed actions.
+        status: std_msgs/String JSON episode status (optional everywhere).
+        stats: std_msgs/String JSON per-chunk step statistics (optional everywhere).
+    """
+
+    cameras: tuple[tuple[str, str], ...] = DEFAULT_CAMERAS
+    instruction: str = '/instruction'
+    chunk: str = '/action_chunk'
+    command: str = '/command'
+    status: str = '/episode_status'
+    stats: str = '/policy_node/step_stats'
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'cameras', tuple((str(c), str(t)) for c, t in self.cameras))
+        names = [c for c, _ in self.cameras]
+        require(len(names) >= 1 and len(set(names)) == len(names) and all(names), 'cameras',
+                self.cameras, 'one or more (distinct camera name, topic) pairs')
+        for name in ('instruction', 'chunk', 'command', 'status', 'stats'):
+            topic = getattr(self, name)
+            require(isinstance(topic, str) and topic.startswith('/') and len(topic) > 1,
+                    f'{name} topic', topic, 'an absolute topic name such as /instruction')
+        for c, t in self.cameras:
+            require(t.startswith('/') and len(t) > 1, f'camera {c!r} topic', t,
+                    'an absolute topic name such as /image')
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.cameras)
+
+    @property
+    def primary(self) -> str:
+        return self.cameras[0][0]
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
+    """--camera NAME=TOPIC (repeat, primary first) and one option per other stream."""
+    d = TopicMap()
+    g = parser.add_argument_group('topics (defaults: the nodes\' topic names)')
+    g.add_argument('--camera', action='append', metavar='NAME=TOPIC', dest='camera_topics',
+                   help='a camera and its topic, primary first; repeat per camera (default: '
+                   + ' '.join(f'{c}={t}' for c, t in d.cameras) + ')')
+    for name, help_text in (('instruction', 'std_msgs/String instructions'),
+                            ('chunk', 'JointTrajectory action chunks'),
+                            ('command', 'Float64MultiArray commands'),
+                            ('status', 'String (JSON) episode status'),
+                            ('stats', 'String (JSON) step statistics of the policy node')):
+        g.add_argument(f'--{name}-topic', default=None, metavar='TOPIC',
+                       help=f'{help_text} (default {getattr(d, name)})')
+
+
+def topics_from_args(args: argparse.Namespace) -> tuple[TopicMap, set[str]]:
+    """The TopicMap of the parsed arguments, and the roles the user named explicitly (a
+    named topic must be in the bag; a default one may be absent where it is optional)."""
+    d = TopicMap()
+    given = set()
+    cameras = d.cameras
+    if getattr(args, 'camera_topics', None):
+        cameras = tuple(_camera_pair(s) for s in args.camera_topics)
+        given.add('cameras')
+    values = {}
+    for name in ('instruction', 'chunk', 'command', 'status', 'stats'):
+        value = getattr(args, f'{name}_topic', None)
+        if value is not None:
+            given.add(name)
+            values[name] = value
+    return TopicMap(cameras=cameras, **values), given
+
+
+def _camera_pair(text: str) -> tuple[str, str]:
+    name, sep, topic = text.partition('=')
+    if not sep or not name or not topic:
+        raise ValueError(f'--camera {text!r} is invalid: expected NAME=TOPIC, e.g. '
+                         'front=/camera/color/image_raw')
+    return name, topic
+
+
+# ---- rosbags types ----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def typestore() -> Any:
+    """The ROS 2 Humble typestore of rosbags (the robot's distribution)."""
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def _t(name: str) -> Any:
+    return typestore().types[name]
+
+
+def ns_to_time(ns: int) -> Any:
+    """Nanoseconds -> builtin_interfaces/Time."""
+    ns = int(ns)
+    return _t('builtin_interfaces/msg/Time')(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def time_to_ns(t: Any) -> int:
+    """builtin_interfaces/Time (or Duration) -> nanoseconds."""
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def header(stamp_ns: int, frame_id: str = '') -> Any:
+    """std_msgs/Header with this stamp."""
+    return _t('std_msgs/msg/Header')(stamp=ns_to_time(stamp_ns), frame_id=frame_id)
+
+
+def serialize(msg: Any, msgtype: str) -> bytes:
+    """A rosbags message -> CDR bytes (what rosbag2 stores and DDS sends)."""
+    return bytes(typestore().serialize_cdr(msg, msgtype))
+
+
+def deserialize(raw: bytes, msgtype: str) -> Any:
+    """CDR bytes -> a rosbags message of `msgtype`."""
+    return typestore().deserialize_cdr(raw, msgtype)
+
+
+# ---- builders ---------------------------------------------------------------------------------
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = '') -> Any:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f'expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}')
+    h, w, _ = rgb.shape
+    return _t(MSG_IMAGE)(header=header(stamp_ns, frame_id), height=h, width=w, encoding='rgb8',
+                         is_bigendian=0, step=w * 3,
+                         data=np.ascontiguousarray(rgb).reshape(-1))
+
+
+def string_msg(text: str) -> Any:
+    return _t(MSG_STRING)(data=str(text))
+
+
+def json_msg(data: dict) -> Any:
+    return string_msg(json.dumps(data))
+
+
+def chunk_msg(chunk: np.ndarray, names: Sequence[str], stamp_ns: int, dt: float) -> Any:
+    """(H, D) actions -> JointTrajectory as the policy node publishes it: stamp = the image's
+    stamp, joint_names = action names, point i = action i at time_from_start i * dt."""
+    chunk = np.asarray(chunk, dtype=np.float64)  # (H, D)
+    if chunk.ndim != 2 or chunk.shape[1] != len(names):
+        raise ValueError(f'chunk of shape {chunk.shape} does not fit {len(names)} action names')
+    point = _t('trajectory_msgs/msg/JointTrajectoryPoint')
+    duration = _t('builtin_interfaces/msg/Duration')
+    dt_ns = int(round(dt * 1e9))
+    empty = np.zeros(0, np.float64)
+    points = []
+    for i, action in enumerate(chunk):
+        t = i * dt_ns
+        points.append(point(positions=action.copy(), velocities=empty, accelerations=empty,
+                            effort=empty, time_from_start=duration(
+                                sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)))
+    return _t(MSG_CHUNK)(header=header(stamp_ns), joint_names=list(names), points=points)
+
+
+def command_msg(action: np.ndarray, label: str = 'action') -> Any:
+    """One action (D,) -> Float64MultiArray as the controller node publishes it."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)  # (D,)
+    dim = _t('std_msgs/msg/MultiArrayDimension')(label=label, size=a.size, stride=a.size)
+    layout = _t('std_msgs/msg/MultiArrayLayout')(dim=[dim], data_offset=0)
+    return _t(MSG_COMMAND)(layout=layout, data=a)
+
+
+# ---- decoders ---------------------------------------------------------------------------------
+def image_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
+    """sensor_msgs Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or CompressedImage ->
+    (H, W, 3) uint8 RGB; ValueError saying what is wrong otherwise."""
+    if msgtype == MSG_COMPRESSED:
+        data = np.asarray(msg.data, dtype=np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if bgr is None:
+            raise ValueError(f'cannot decode a CompressedImage of format {msg.format!r} '
+                             f'({data.size} bytes)')
+        return np.ascontiguousarray(bgr[..., ::-1])
+    encoding = str(msg.encoding).lower()
+    if encoding not in _LAYOUT:
+        raise ValueError(f'unsupported image encoding {msg.encoding!r}: expected one of '
+                         f'{tuple(_LAYOUT)}')
+    channels, nbytes = _LAYOUT[encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if h < 1 or w < 1 or step < w * channels * nbytes or data.size != step * h:
+        raise ValueError(f'bad image header: {w}x{h}, step {step}, {data.size} data bytes '
+                         f'({encoding})')
+    rows = data.reshape(h, step)[:, :w * channels * nbytes]
+    if nbytes == 2:
+        pixels = rows.view('>u2' if msg.is_bigendian else '<u2')  # (H, W)
+        pixels = (pixels >> 8).astype(np.uint8)
+    else:
+        pixels = rows.reshape(h, w, channels)
+    if encoding in ('rgb8', 'rgba8'):
+        out = pixels[..., :3]
+    elif encoding in ('bgr8', 'bgra8'):
+        out = pixels[..., 2::-1]
+    else:
+        out = np.repeat(pixels.reshape(h, w, 1), 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def chunk_to_array(msg: Any) -> tuple[list[str], np.ndarray]:
+    """JointTrajectory -> (joint names, (H, D) float64 positions)."""
+    names = list(msg.joint_names)
+    rows = [np.asarray(p.positions, dtype=np.float64) for p in msg.points]
+    if any(r.shape != (len(names),) for r in rows):
+        raise ValueError(f'a chunk point does not have one position per joint {names}')
+    return names, (np.stack(rows) if rows else np.zeros((0, len(names))))
+
+
+def command_to_array(msg: Any) -> tuple[np.ndarray, Optional[str]]:
+    """Float64MultiArray -> ((D,) float64, layout label of dim 0 or None)."""
+    label = str(msg.layout.dim[0].label) if len(msg.layout.dim) else None
+    return np.asarray(msg.data, dtype=np.float64).copy(), label
