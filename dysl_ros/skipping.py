@@ -8,7 +8,7 @@ which of them to call, and does no other work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from .model.layout import Layout
 
@@ -22,6 +22,9 @@ class SkipTrace:
     layers_run: list[int] = field(default_factory=list)
     skipped_at: list[Optional[int]] = field(default_factory=list)  # per segment
     probs: dict[int, float] = field(default_factory=dict)  # controller outputs asked for
+    # (layer, its input) where the pass first left full depth: everything before it is what
+    # a full-depth pass computes too, so a verification resumes there (resume_full_depth)
+    resume: Optional[tuple[int, Any]] = None
 
     @property
     def skipped(self) -> bool:
@@ -59,6 +62,8 @@ def walk_segments(
                 p = float(skip_prob(j, x))
                 trace.probs[j] = p
                 if p > threshold:
+                    if trace.resume is None:
+                        trace.resume = (j, x)
                     x = adapt(j, x)
                     skipped = j
                     break
@@ -66,3 +71,16 @@ def walk_segments(
             trace.layers_run.append(j)
         trace.skipped_at.append(skipped)
     return x, trace
+
+
+def resume_full_depth(trace: SkipTrace, num_layers: int,
+                      run_layer: Callable[[int, X], X]) -> tuple[X, int]:
+    """The full-depth result of a pass that skipped, computed from where it first skipped
+    (the layers before are shared with full depth, so none is run twice). Returns the
+    final hidden state and the number of layers run."""
+    if trace.resume is None:
+        raise ValueError('the pass skipped nothing: its output already is full depth')
+    start, x = trace.resume
+    for i in range(start, num_layers):
+        x = run_layer(i, x)
+    return x, num_layers - start

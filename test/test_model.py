@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from dysl_ros.model import DySL, DySLConfig, Layout, VLA, VLAConfig, WordTokenizer
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
 from dysl_ros.model.llama import llama_blocks
+from dysl_ros.skipping import resume_full_depth
 
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 3, 6))
@@ -64,6 +65,26 @@ def test_forced_skip_runs_static_layers_and_adapters(vla):
         out, trace = dysl.forward_guided(x0, [2, 5, 8], force_skip=True)
     assert trace.layers_run == [0, 1, 3, 4, 6, 7]
     assert trace.skipped_at == [2, 5, None]
+
+
+def test_verification_resumes_full_depth_at_the_first_skip(vla):
+    dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
+    _randomise_adapters(dysl)
+    ran = []
+
+    def run_layer(i, x):
+        ran.append(i)
+        return dysl.run_layer(i, x)
+
+    with torch.inference_mode():
+        x0 = vla.embed(*_inputs(TINY))
+        full, _ = dysl.forward_full(x0)
+        _, trace = dysl.forward_guided(x0, [2, 5, 8], force_skip=True)
+        with pytest.raises(ValueError, match='skipped nothing'):
+            resume_full_depth(dysl.forward_guided(x0)[1], 8, run_layer)
+        out, n = resume_full_depth(trace, 8, run_layer)
+    assert ran == [2, 3, 4, 5, 6, 7] and n == 6  # layers 0-1 ran before the first skip
+    assert torch.equal(out, full)
 
 
 def test_soft_mix_is_adapter_at_p1_and_layers_at_p0(vla):

@@ -32,10 +32,12 @@ class Decision:
 
 
 def layers_run(layout: Layout, d: Decision) -> int:
-    """Backbone layers a step with decision d runs (a verified step adds a full pass)."""
+    """Backbone layers a step with decision d runs (a verified step adds full depth from its
+    first skip on: skipping.resume_full_depth)."""
     n = sum((seg.end if j is None else j) - seg.static
             for seg, j in zip(layout.segments, d.skipped_at))
-    return n + (layout.num_layers if d.verified else 0)
+    first = next((j for j in d.skipped_at if j is not None), layout.num_layers)
+    return n + (layout.num_layers - first if d.verified else 0)
 
 
 class DecisionTrace:

@@ -19,7 +19,7 @@ from ..guidance import Guidance, GuidanceConfig
 from ..model.layout import Layout
 from ..model.processing import preprocess_images
 from ..model.tokenizer import WordTokenizer
-from ..skipping import walk_segments
+from ..skipping import resume_full_depth, walk_segments
 from .runner import Runner
 
 if TYPE_CHECKING:
@@ -78,8 +78,8 @@ class ModelSpec:
 class StepStats:
     """What one policy step did; the same structure whatever the backend or method.
 
-    layer_ids and skipped_at describe the first (guided) pass; a verified step then ran the
-    whole backbone again, which layers_run counts.
+    layer_ids and skipped_at describe the guided pass; a verified step then also ran the
+    layers from its first skip to the end at full depth, which layers_run counts.
     """
 
     layers_run: int
@@ -130,19 +130,19 @@ class GuidedPolicy:
         pixels, tokens = self.spec.prepare(images, instruction)
         allow = self.guidance.allow_points if self.skipping else None
         t.lap('prepare')
-        x0 = r.embed(pixels, tokens)
+        x = r.embed(pixels, tokens)
         t.lap('embed')
-        x, trace = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter,
+        x, trace = walk_segments(x, self.spec.layout, r.layer, r.controller, r.adapter,
                                  allow, self.spec.skip_threshold)
         t.lap('backbone')
         chunk = check_finite(r.head(x))  # before the guidance sees it
         t.lap('head')
         layers_run = len(trace.layers_run)
         verified = trace.skipped and self.guidance.is_onset(chunk)
-        if verified:  # post-skip verification: the same embedding at full depth
-            x, _ = walk_segments(x0, self.spec.layout, r.layer, r.controller, r.adapter)
+        if verified:  # post-skip verification: full depth from where the pass first skipped
+            x, extra = resume_full_depth(trace, self.spec.layout.num_layers, r.layer)
             chunk = check_finite(r.head(x))
-            layers_run += self.spec.layout.num_layers
+            layers_run += extra
             t.lap('verify')
         self.guidance.push(chunk)
         c, dc = self.guidance.continuity()
