@@ -43,7 +43,7 @@ from ..runtime.methods import (ABLATIONS, BASELINE_JSON, RANDOM_SKIP_FORMAT, TRA
 from ..runtime.policy import Policy
 from ..sim.demos import Episode
 from ..validation import require
-from .calibrate import layer_similarity, select_static
+from .calibrate import CALIBRATION_JSON, layer_similarity, read_calibration, select_static
 from .dataset import DemoDataset, EmbeddedBatches, load_demos
 from .distill import DistillConfig, distill, hidden_mse
 from .optim import check_reiterable, frozen, make_optimizer
@@ -416,7 +416,7 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
             save_baseline(module, out_dir, {'train': info, 'config': cfg.to_dict()})
         elif name == 'static-depth':
             k = int(min(vla.cfg.n_layers, max(1, round(target_layers))))
-            module, info = train_static_depth(vla, pairs, cfg, k)
+            module, info = train_static_depth(vla, pairs, cfg, k, _stored_similarity(model_dir))
             save_baseline(module, out_dir, {'train': info, 'config': cfg.to_dict(),
                                             'target_layers': target_layers})
         else:
@@ -426,6 +426,13 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
     (model_dir / 'baselines').mkdir(parents=True, exist_ok=True)
     write_json(model_dir / 'baselines' / 'summary.json', summary)
     return summary
+
+
+def _stored_similarity(model_dir: Path) -> Optional[np.ndarray]:
+    """s_l from calibrate's calibration.json when it is there (saves a pass over the demos)."""
+    if not (Path(model_dir) / CALIBRATION_JSON).is_file():
+        return None
+    return np.asarray(read_calibration(model_dir)['similarity'], dtype=np.float64)
 
 
 def _dysl_parts(vla: VLA, model_dir: Path, hidden: Iterable[torch.Tensor],
