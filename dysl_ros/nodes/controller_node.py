@@ -24,10 +24,8 @@ import threading
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
@@ -37,6 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 from .chunking import MODES, ChunkExecutor, ChunkExecutorConfig
 from .params import Param, declare_params
 from .qos import CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
+from .spin import spin_node
 from .stats import percentile
 
 _DEFAULT = ChunkExecutorConfig()
@@ -184,19 +183,7 @@ def _duration(d: Any) -> float:
 
 def main(args: Optional[list[str]] = None) -> None:
     """Run the controller node alone."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ControllerNode()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ControllerNode, args)
 
 
 if __name__ == '__main__':

@@ -44,11 +44,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
@@ -56,11 +54,12 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..paths import default_model_dir
 from ..runtime.policy import NonFiniteOutput
 from .image_conversion import ImageConversionError, msg_to_rgb
-from ..paths import default_model_dir
 from .params import Param, declare_params, read_params
 from .qos import CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
+from .spin import spin_node
 from .stats import PolicyStats, StepRecord
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -540,24 +539,16 @@ def _fmt(value: Any) -> str:
     return f'{value:.3f}' if isinstance(value, float) else str(value)
 
 
+def _autostart(node: 'PolicyNode') -> None:
+    """Configure and activate at start when the autostart parameter says so."""
+    if node.get_parameter('autostart').value:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Run the policy node alone (`ros2 run dysl_ros policy_node`, or python -m)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        if node.get_parameter('autostart').value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(PolicyNode, args, on_start=_autostart)
 
 
 if __name__ == '__main__':

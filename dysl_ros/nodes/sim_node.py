@@ -35,9 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
@@ -46,6 +44,7 @@ from std_srvs.srv import Trigger
 from .image_conversion import rgb_to_image
 from .params import Param, declare_params
 from .qos import COMMAND_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
+from .spin import spin_node
 
 PARAMS = (
     Param('control_rate', 20.0, 'simulation steps per second (one command per step)', 1.0,
@@ -189,19 +188,7 @@ class SimNode(Node):
 
 def main(args: Optional[list[str]] = None) -> None:
     """Run the simulation node alone."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(SimNode, args)
 
 
 if __name__ == '__main__':
