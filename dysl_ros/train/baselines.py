@@ -46,7 +46,7 @@ from ..validation import require
 from .calibrate import CALIBRATION_JSON, layer_similarity, read_calibration, select_static
 from .dataset import DemoDataset, EmbeddedBatches, load_demos
 from .distill import DistillConfig, distill, hidden_mse
-from .optim import check_reiterable, frozen, make_optimizer
+from .optim import check_optimiser_fields, check_reiterable, frozen, make_optimizer
 
 Batch = Union[torch.Tensor, tuple]
 
@@ -88,12 +88,7 @@ class BaselineTrainConfig:
 
     def __post_init__(self) -> None:
         require(self.steps >= 0, 'steps', self.steps, '>= 0')
-        require(self.lr > 0, 'lr', self.lr, '> 0')
-        require(self.warmup_steps >= 0, 'warmup_steps', self.warmup_steps, '>= 0')
-        require(0.0 <= self.min_lr_ratio <= 1.0, 'min_lr_ratio', self.min_lr_ratio,
-                'a value in [0, 1]')
-        require(self.weight_decay >= 0, 'weight_decay', self.weight_decay, '>= 0')
-        require(self.grad_clip >= 0, 'grad_clip', self.grad_clip, '>= 0 (0 disables)')
+        check_optimiser_fields(self)
         require(self.flexi_alpha >= 0, 'flexi_alpha', self.flexi_alpha, '>= 0')
         require(self.distill_weight >= 0, 'distill_weight', self.distill_weight, '>= 0')
         require(self.eval_samples >= 1, 'eval_samples', self.eval_samples, '>= 1')

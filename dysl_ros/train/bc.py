@@ -30,7 +30,7 @@ from ..model.vla import VLA
 from ..validation import require
 from .dataset import (ACTION_MIN_STD, DemoDataset, augment_images, demo_cameras,
                       demo_instructions, demo_tokenizer, load_demos)
-from .optim import cosine_factor
+from .optim import check_optimiser_fields, cosine_factor
 
 CHECKPOINT = 'checkpoint'
 OPTIM_WEIGHTS, OPTIM_JSON, STATE_WEIGHTS, STATE_JSON = (
@@ -93,12 +93,7 @@ class BCConfig:
     def __post_init__(self) -> None:
         require(self.steps >= 1, 'steps', self.steps, '>= 1')
         require(self.batch_size >= 1, 'batch_size', self.batch_size, '>= 1')
-        require(self.lr > 0, 'lr', self.lr, '> 0')
-        require(self.warmup_steps >= 0, 'warmup_steps', self.warmup_steps, '>= 0')
-        require(0.0 <= self.min_lr_ratio <= 1.0, 'min_lr_ratio', self.min_lr_ratio,
-                'a value in [0, 1]')
-        require(self.weight_decay >= 0, 'weight_decay', self.weight_decay, '>= 0')
-        require(self.grad_clip >= 0, 'grad_clip', self.grad_clip, '>= 0 (0 disables)')
+        check_optimiser_fields(self)
         require(self.loss in LOSSES, 'loss', self.loss, f'one of {LOSSES}')
         require(self.shift_pixels >= 0, 'shift_pixels', self.shift_pixels, '>= 0')
         require(0 <= self.brightness < 1, 'brightness', self.brightness, 'in [0, 1)')

@@ -29,7 +29,7 @@ from ..model.io import save_dysl
 from ..model.layout import Layout
 from ..validation import require
 from .calibrate import module_device
-from .optim import check_reiterable, cycle, frozen, make_optimizer
+from .optim import check_optimiser_fields, check_reiterable, cycle, frozen, make_optimizer
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DECAYS = ('harmonic', 'linear')
@@ -81,12 +81,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         require(self.stage1_steps >= 0, 'stage1_steps', self.stage1_steps, '>= 0')
         require(self.stage2_steps >= 0, 'stage2_steps', self.stage2_steps, '>= 0')
-        require(self.lr > 0, 'lr', self.lr, '> 0')
-        require(self.warmup_steps >= 0, 'warmup_steps', self.warmup_steps, '>= 0')
-        require(0.0 <= self.min_lr_ratio <= 1.0, 'min_lr_ratio', self.min_lr_ratio,
-                 'a value in [0, 1]')
-        require(self.weight_decay >= 0, 'weight_decay', self.weight_decay, '>= 0')
-        require(self.grad_clip >= 0, 'grad_clip', self.grad_clip, '>= 0 (0 disables)')
+        check_optimiser_fields(self)
         require(self.lam >= 0, 'lam', self.lam, '>= 0')
         require(self.action_weight >= 0, 'action_weight', self.action_weight, '>= 0')
         require(self.layer_decay in DECAYS, 'layer_decay', self.layer_decay,

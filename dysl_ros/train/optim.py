@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from ..validation import require
 
 
 def cosine_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -83,3 +85,13 @@ def frozen(modules: Sequence[nn.Module], what: str = 'backbone') -> Iterator[Non
     if state_checksum(modules) != before:
         raise RuntimeError(f'the frozen {what} changed during training: its weights must stay '
                            'bit-identical (an optimiser or in-place op touched them)')
+
+
+def check_optimiser_fields(c: Any) -> None:
+    """Validate the AdamW + warm-up/cosine fields every training config shares (lr,
+    warmup_steps, min_lr_ratio, weight_decay, grad_clip)."""
+    require(c.lr > 0, 'lr', c.lr, '> 0')
+    require(c.warmup_steps >= 0, 'warmup_steps', c.warmup_steps, '>= 0')
+    require(0.0 <= c.min_lr_ratio <= 1.0, 'min_lr_ratio', c.min_lr_ratio, 'a value in [0, 1]')
+    require(c.weight_decay >= 0, 'weight_decay', c.weight_decay, '>= 0')
+    require(c.grad_clip >= 0, 'grad_clip', c.grad_clip, '>= 0 (0 disables)')
