@@ -32,6 +32,7 @@ from ..validation import require
 from .config import from_dict
 from .dysl import Adapter, Controller
 from .io import read_json, read_tensors, write_json
+from .parts import TrainableParts
 from .vla import VLA
 
 BASELINE_WEIGHTS, BASELINE_JSON = 'baseline.safetensors', 'baseline.json'
@@ -46,21 +47,6 @@ class Inference(NamedTuple):
     hidden: torch.Tensor
     layer_ids: list[int]
     chunk: Optional[torch.Tensor] = None
-
-
-class _Parts(nn.Module):
-    """Checkpoint helpers: everything but the shared (frozen) backbone `blocks`."""
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith('blocks.')}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_state_dict())
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f'{type(self).__name__} checkpoint does not fit: missing '
-                             f'{missing[:4]}, unexpected {extra[:4]}')
-        self.load_state_dict(state, strict=False)
 
 
 def _check_batch1(x: torch.Tensor) -> None:
@@ -100,7 +86,7 @@ class FlexiDepthConfig:
         return dataclasses.asdict(self)
 
 
-class FlexiDepth(_Parts):
+class FlexiDepth(TrainableParts):
     """Router g_l (probability to RUN layer l) and adapter A_l on every layer of a frozen stack.
 
     Inference runs F_l when g_l > threshold and A_l otherwise, one layer at a time (a
@@ -201,7 +187,7 @@ def chunk_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1).sqrt()
 
 
-class DeeR(_Parts):
+class DeeR(TrainableParts):
     """Frozen blocks + one shared head at every exit; thresholds eta_i per decision exit.
 
     Exit 0 only provides the first chunk to compare with; at exit i = 1 .. n-2 the pass stops
@@ -276,7 +262,7 @@ class DeeR(_Parts):
 
 # -- static depth --------------------------------------------------------------------------
 
-class StaticDepth(_Parts):
+class StaticDepth(TrainableParts):
     """Only the kept layers (own, fine-tunable copies), in order, then an own head."""
 
     def __init__(self, layers: Sequence[nn.Module], kept: Sequence[int], num_layers: int,
@@ -323,7 +309,7 @@ class StaticDepth(_Parts):
 METHOD_OF = {FlexiDepth: 'flexidepth', DeeR: 'deer', StaticDepth: 'static-depth'}
 
 
-def save_baseline(module: _Parts, directory: Path, extra: Optional[dict] = None) -> None:
+def save_baseline(module: TrainableParts, directory: Path, extra: Optional[dict] = None) -> None:
     """Write baseline.safetensors (trainable parts) + baseline.json (method, meta, extra)."""
     method = METHOD_OF.get(type(module))
     if method is None:
@@ -336,7 +322,7 @@ def save_baseline(module: _Parts, directory: Path, extra: Optional[dict] = None)
                                            'extra': dict(extra or {})})
 
 
-def load_baseline(directory: Path, vla: VLA) -> tuple[_Parts, dict]:
+def load_baseline(directory: Path, vla: VLA) -> tuple[TrainableParts, dict]:
     """Rebuild a saved baseline over `vla` (eval mode, on its device); returns (module, json)."""
     directory = Path(directory)
     path = directory / BASELINE_JSON

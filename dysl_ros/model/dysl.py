@@ -20,6 +20,7 @@ from torch import nn
 from ..skipping import SkipTrace, walk_segments
 from .config import DySLConfig
 from .layout import Layout
+from .parts import TrainableParts
 
 
 class RMSNorm(nn.Module):
@@ -63,8 +64,9 @@ class Controller(nn.Module):
         return torch.sigmoid(self.out(torch.tanh(self.fc(h)))).squeeze(-1)  # (B,)
 
 
-class DySL(nn.Module):
-    """Adapters and controllers for the dynamic layers of a frozen block stack."""
+class DySL(TrainableParts):
+    """Adapters and controllers for the dynamic layers of a frozen block stack (checkpoints
+    hold only those: trainable_state_dict)."""
 
     def __init__(self, blocks: Sequence[nn.Module], d_model: int, layout: Layout,
                  cfg: DySLConfig = DySLConfig()):
@@ -144,18 +146,6 @@ class DySL(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters()) + list(self.controllers.parameters())
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapters and controllers only: checkpoints never carry the backbone."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith('blocks.')}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_state_dict())
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f'DySL checkpoint does not fit the layout: missing {missing[:4]}, '
-                             f'unexpected {extra[:4]}')
-        self.load_state_dict(state, strict=False)
 
     def freeze_backbone(self) -> None:
         for p in self.blocks.parameters():
