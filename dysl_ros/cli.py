@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from typing import Optional, Sequence
 
 # command -> (module, one-line help)
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a tool raises for bad input (a file, a value, a missing model or topic): the message
+# names what was wrong, so the user gets that one line and exit status 2, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TimeoutError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except USER_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2

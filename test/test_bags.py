@@ -1,6 +1,5 @@
 """rosbag2 record / replay / bag2demos with real rosbags files, real MuJoCo, a tiny saved model
 and, for live replay, a real policy node over rclpy on loopback (domain from conftest.py)."""
-import argparse
 import json
 import shutil
 
@@ -10,21 +9,21 @@ import torch
 import yaml
 from rosbags.rosbag2 import Reader
 
-from dysl_ros.bags import convert, record, replay
+from dysl_ros.bags import convert, record
 from dysl_ros.bags.bagfile import BagError
 from dysl_ros.bags.episodes import load_bag
-from dysl_ros.nodes.bag_player import LiveConfig, replay_live
 from dysl_ros.bags.policies import open_policy
 from dysl_ros.bags.record import RecordConfig, default_topics
 from dysl_ros.bags.replay import ReplayConfig, replay_step_locked
 from dysl_ros.bags.topics import TopicMap, deserialize, time_to_ns
+from dysl_ros.cli import main
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
+from dysl_ros.nodes.bag_player import LiveConfig, replay_live
 from dysl_ros.sim import SimConfig, TabletopEnv
 from dysl_ros.sim.demos import FORMAT, iter_episodes, load_stats
 from dysl_ros.sim.expert import run_episode
 from dysl_ros.tools.demo import build_random_model
-from dysl_ros.train import distill
 
 TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,
                  chunk_size=4)
@@ -46,10 +45,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def cli(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args([str(a) for a in argv]))
+def cli(command, argv):
+    """Run `python -m dysl_ros <command> argv` in this process; its exit status."""
+    return main([command] + [str(a) for a in argv])
 
 
 def tiny_model(directory, export=False, **guidance):
@@ -84,7 +82,7 @@ def model(tmp_path_factory):
 def policy_bag(tmp_path_factory, model):
     """Two 12-step policy episodes, MCAP, recorded through the CLI."""
     bag = tmp_path_factory.mktemp('bags') / 'policy'
-    assert cli(record, ['--out', bag, '--source', 'policy', '--model', model, '--tasks',
+    assert cli('record', ['--out', bag, '--source', 'policy', '--model', model, '--tasks',
                         'pick_red', 'open_drawer', '--max-steps', STEPS, '--seed', 3,
                         '--start-ns', START_NS, '--quiet']) == 0
     return bag
@@ -166,7 +164,7 @@ def test_expert_bag_converts_to_the_expert_demonstration(expert_bag, tmp_path):
     assert (expert_bag / 'expert.db3').is_file()
     assert '/action_chunk' not in msgs and len(msgs['/command'][1]) == 60
     out = tmp_path / 'demos'
-    assert cli(convert, [expert_bag, '--out', out, '--keep-failed', '--quiet']) == 0
+    assert cli('bag2demos', [expert_bag, '--out', out, '--keep-failed', '--quiet']) == 0
     index = json.loads((out / 'index.json').read_text())
     assert index['format'] == FORMAT and index['cameras'] == ['front', 'wrist']
     assert index['image_size'] == 32 and index['control_hz'] == pytest.approx(HZ)
@@ -188,7 +186,7 @@ def test_expert_bag_converts_to_the_expert_demonstration(expert_bag, tmp_path):
 # ---- step-locked replay -------------------------------------------------------------------------
 def test_step_locked_replay_reproduces_the_recorded_chunks(policy_bag, model, tmp_path):
     out = tmp_path / 'report'
-    assert cli(replay, [policy_bag, '--out', out, '--model', model, '--reference', 'recorded',
+    assert cli('replay', [policy_bag, '--out', out, '--model', model, '--reference', 'recorded',
                         'full', '--quiet']) == 0
     report = json.loads((out / 'report.json').read_text())
     s = report['summary']
@@ -320,9 +318,9 @@ def test_a_robot_bag_with_other_topics_and_encodings_converts(tmp_path, capsys):
     args = [bag, '--out', tmp_path / 'demos', '--camera', 'front=/cam/front/image_raw',
             '--camera', 'wrist=/cam/wrist/image/compressed', '--instruction-topic', '/task',
             '--command-topic', '/arm/cmd', '--quiet']
-    assert cli(convert, args[:-3] + ['--quiet']) == 2  # the default command topic is absent
+    assert cli('bag2demos', args[:-3] + ['--quiet']) == 2  # the default command topic is absent
     assert 'topic /command (command) is not in the bag' in capsys.readouterr().err
-    assert cli(convert, args) == 0
+    assert cli('bag2demos', args) == 0
     (ep,) = list(iter_episodes(tmp_path / 'demos'))
     assert ep.instruction == 'stack the cups' and ep.task == 'stack_the_cups'
     assert ep.length == 4 and list(ep.phases) == ['unknown'] * 4
@@ -363,7 +361,7 @@ def test_bag2demos_output_trains_with_distill(expert_bag, policy_bag, model, tmp
     assert summary['episodes'] == 4 and summary['steps'] == 60 + STEPS * EPISODES
     model_dir = tmp_path / 'model'
     shutil.copytree(model, model_dir)
-    assert cli(distill, ['--model-dir', model_dir, '--demos', out, '--out', tmp_path / 'dysl',
+    assert cli('distill', ['--model-dir', model_dir, '--demos', out, '--out', tmp_path / 'dysl',
                          '--stage1-steps', 2, '--stage2-steps', 2, '--batch-size', 4,
                          '--batches-per-pass', 2, '--device', 'cpu', '--quiet']) == 0
     calib = json.loads((model_dir / 'calibration.json').read_text())

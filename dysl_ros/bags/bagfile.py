@@ -9,7 +9,6 @@ string). Storage is MCAP by default (Humble: `ros-humble-rosbag2-storage-mcap`) 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,6 @@ class BagError(ValueError):
 
 
 # What a command reports as `error: <message>` (exit status 2) instead of a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TimeoutError, RuntimeError)
-
-
-def fail(error: Exception) -> int:
-    """Print `error: ...` to stderr; the exit status of a command that failed on its input."""
-    print(f'error: {error}', file=sys.stderr)
-    return 2
-
-
 @dataclass(frozen=True)
 class RawMessage:
     """One message as stored: topic, type, log time (ns) and CDR bytes."""

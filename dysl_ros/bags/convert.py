@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .bagfile import USER_ERRORS, fail
 from .episodes import BagEpisode, load_bag
 from .topics import TopicMap, add_topic_arguments, topics_from_args
 
@@ -201,13 +200,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print a summary."""
-    try:
-        return _run(args)
-    except USER_ERRORS as e:
-        return fail(e)
-
-
-def _run(args: argparse.Namespace) -> int:
     topics, _ = topics_from_args(args)
     summary = bags_to_demos(args.bags, args.out, topics, args.image_size, args.instruction,
                             tuple(args.action_names), args.keep_failed, args.overwrite,

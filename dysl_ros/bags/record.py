@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..validation import require
-from .bagfile import STORAGES, USER_ERRORS, BagWriter, fail
+from .bagfile import STORAGES, BagWriter
 from .policies import BACKENDS, guidance_of, open_policy
 from .topics import (DEFAULT_CAMERAS, MSG_CHUNK, MSG_COMMAND, MSG_IMAGE, MSG_STRING, TopicMap,
                      add_topic_arguments, chunk_msg, command_msg, image_msg, json_msg,
@@ -268,13 +268,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Record the episodes; print a summary line per episode."""
-    try:
-        return _run(args)
-    except USER_ERRORS as e:
-        return fail(e)
-
-
-def _run(args: argparse.Namespace) -> int:
     from ..sim import SimConfig, TabletopEnv
     cfg = RecordConfig(source=args.source, tasks=tuple(args.tasks), episodes=args.episodes,
                        seed=args.seed, execute=args.execute, control_hz=args.control_hz,

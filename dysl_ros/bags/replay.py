@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..validation import require
-from .bagfile import USER_ERRORS, BagError, fail
+from .bagfile import BagError
 from .episodes import BagData, load_bag
 from .policies import BACKENDS, full_depth_twin, guidance_of, open_policy
 from .record import guidance_state_from_json, guidance_state_json
@@ -283,13 +283,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Replay the bag and write the report."""
-    try:
-        return _run(args)
-    except USER_ERRORS as e:
-        return fail(e)
-
-
-def _run(args: argparse.Namespace) -> int:
     from .report import write_report
     topics, given = topics_from_args(args)
     cfg = ReplayConfig(frames=args.frames, references=tuple(args.reference),
