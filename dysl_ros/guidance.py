@@ -53,6 +53,12 @@ class GuidanceConfig:
             release, so with jittery predictions and long chunks (H = 8: all 8 non-negative has
             probability ~2**-8) points may never come back; raise it (e.g. to drop_margin) for
             such policies. In [0, 1].
+        executed_actions: RECON, default 0. How many leading actions of each chunk enter the
+            history: those the robot executes before the next inference. 0 takes the whole
+            chunk (open-loop chunk execution, as OpenVLA-OFT runs its 8 actions). When a new
+            chunk replaces the old one after k actions, the unexecuted tail would sit in the
+            history beside the new chunk's head, and the jump between them reads as a
+            continuity drop that no motion made: set it to k.
         chunk_policy: RECON, default 'worst': the most alarming dC in a chunk moves the points
             forward and every dC must pass the release test to move them back. 'last' uses only
             the chunk's last dC (what the next step starts from). Verification always looks at
@@ -69,6 +75,7 @@ class GuidanceConfig:
     drop_margin: float = 0.5  # RECON: onset drop is dC < -drop_margin * tau
     release_margin: float = 0.0  # RECON: release when every dC >= -release_margin * tau
     chunk_policy: str = 'worst'  # RECON: 'worst' | 'last'
+    executed_actions: int = 0  # RECON: leading actions per chunk in the history (0: all)
 
     def __post_init__(self) -> None:
         _check_real('tau', self.tau, low=0.0, low_open=True)
@@ -81,6 +88,7 @@ class GuidanceConfig:
         _check_int('release_step', self.release_step, 1)
         _check_real('drop_margin', self.drop_margin, low=0.0, low_open=True, high=1.0)
         _check_real('release_margin', self.release_margin, low=0.0, high=1.0)
+        _check_int('executed_actions', self.executed_actions, 0)
         if self.chunk_policy not in CHUNK_POLICIES:
             raise ValueError(f'chunk_policy must be one of {CHUNK_POLICIES}, '
                              f'got {self.chunk_policy!r}')
@@ -230,7 +238,7 @@ class Guidance:
 
     def is_onset(self, chunk: np.ndarray) -> bool:
         """True when verify is on and an action of this uncommitted (H, D) chunk starts a drop."""
-        a = _as_actions(chunk, 'chunk', self._dim())  # (H, D)
+        a = self._executed(chunk)  # (n, D)
         if not self.cfg.verify:
             return False
         threshold = -self.cfg.drop_margin * self.cfg.tau
@@ -245,7 +253,7 @@ class Guidance:
 
     def push(self, chunk: np.ndarray) -> None:
         """Commit an (H, D) chunk: update C, dC per action, then every P_k for the next step."""
-        a = _as_actions(chunk, 'chunk', self._dim())  # (H, D)
+        a = self._executed(chunk)  # (n, D)
         dcs = []
         for action in a:
             self._buf, self._c, self._dc = _step(self._buf, self._c, action, self.cfg.history)
@@ -265,6 +273,12 @@ class Guidance:
             self._points = np.minimum(self._points + stride, self._high)
         elif worst >= -cfg.release_margin * cfg.tau:  # recovered: release slowly
             self._points = np.maximum(self._points - cfg.release_step, self._low)
+
+    def _executed(self, chunk: np.ndarray) -> np.ndarray:
+        """The chunk's actions that enter the history (cfg.executed_actions; 0: all)."""
+        a = _as_actions(chunk, 'chunk', self._dim())  # (H, D)
+        n = self.cfg.executed_actions
+        return a[:n] if n else a
 
     def _dim(self) -> int | None:
         return None if self._buf is None else self._buf.shape[1]

@@ -95,3 +95,26 @@ def test_bad_values_raise():
         layer_similarity(planted_stack(set(), n=2), [], progress=False)
     with pytest.raises(ValueError, match=r'\(B, T, C\)'):
         layer_similarity(planted_stack(set(), n=2), [torch.randn(3, D)], progress=False)
+
+
+def test_guidance_overrides_are_typed_and_checked():
+    from dysl_ros.train.calibrate import guidance_overrides
+    assert guidance_overrides(['tau=0.3', 'executed_actions=4', 'verify=false']) == \
+        {'tau': 0.3, 'executed_actions': 4, 'verify': False}
+    with pytest.raises(ValueError, match='KEY=VALUE'):
+        guidance_overrides(['speed=3'])
+    with pytest.raises(ValueError, match='not a int'):
+        guidance_overrides(['history=five'])
+
+
+def test_update_guidance_keeps_the_parts_and_refuses_another_layout(tmp_path):
+    from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+    from dysl_ros.model.io import load_dysl, save_dysl, save_vla, update_guidance
+    vla = VLA(VLAConfig(n_layers=4, d_model=32, n_heads=2, image_size=32, patch_size=8))
+    layout = Layout(4, (0, 2))
+    save_vla(vla, tmp_path)
+    save_dysl(DySL(vla.blocks, 32, layout), tmp_path, {'tau': 0.1})
+    update_guidance(tmp_path, {'tau': 0.3, 'executed_actions': 4}, layout)
+    assert load_dysl(tmp_path, vla)[1] == {'tau': 0.3, 'executed_actions': 4}
+    with pytest.raises(ValueError, match='distil again'):
+        update_guidance(tmp_path, {'tau': 0.3}, Layout(4, (0, 1)))

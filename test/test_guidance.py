@@ -344,3 +344,23 @@ def test_calibrate_tau_rejects_nothing_to_calibrate():
         calibrate_tau([make_trajectory()], percentile=0.0)
     with pytest.raises(ValueError, match='history'):
         calibrate_tau([make_trajectory()], history=0)
+
+
+def test_only_executed_actions_enter_the_history():
+    # Steady motion, predicted 8 ahead but re-planned every 2 steps: the unexecuted tail of
+    # each chunk must not sit beside the next chunk's head.
+    segments = [(0, 4)]
+    velocity = np.array([0.1, 0.0])
+    both = Guidance(GuidanceConfig(tau=0.05, executed_actions=2), segments)
+    whole = Guidance(GuidanceConfig(tau=0.05), segments)
+    for step in range(0, 40, 2):
+        chunk = (step + np.arange(8))[:, None] * velocity  # positions-like ramp, steady dC
+        chunk[2:] += 0.5  # a tail that is never executed, far from the next chunk's head
+        assert not both.is_onset(chunk)
+        both.push(chunk)
+        whole.push(chunk)
+    assert both.continuity()[1] == pytest.approx(0.0, abs=1e-12)
+    assert list(both.allow_points) == [1]
+    assert list(whole.allow_points) != [1]  # the whole chunk reads the tail as drops
+    with pytest.raises(ValueError, match='executed_actions'):
+        GuidanceConfig(executed_actions=-1)

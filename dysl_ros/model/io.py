@@ -90,6 +90,19 @@ def load_dysl(directory: Path, vla: VLA) -> tuple[DySL, dict[str, Any]]:
     return dysl, dict(meta['guidance'])
 
 
+def update_guidance(directory: Path, guidance: dict[str, Any], layout: Layout) -> None:
+    """Store new guidance settings (tau, margins, ...) with saved DySL parts; the parts were
+    trained for one layout, so a calibration with another layout is refused."""
+    path = Path(directory) / DYSL_JSON
+    meta = read_json(path)
+    _check_format(path, meta)
+    if Layout.from_dict(meta['layout']) != layout:
+        raise ValueError(f'{path}: its layout {meta["layout"]["static"]} differs from the '
+                         f'calibrated static layers {list(layout.static)}; distil again')
+    meta['guidance'] = dict(guidance)
+    write_json(path, meta)
+
+
 def _check_format(path: Path, meta: dict) -> None:
     if meta.get('format') != FORMAT:
         raise ValueError(f'{path}: format {meta.get("format")!r} is not the supported {FORMAT}')

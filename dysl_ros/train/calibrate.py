@@ -155,14 +155,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--history', type=int, default=5, help='K of the continuity')
     parser.add_argument('--percentile', type=float, default=85.0,
                         help='tau = this percentile of |dC| over continuity drops (RECON)')
+    parser.add_argument('--guidance', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='guidance settings to store instead of the defaults, e.g. '
+                             'tau=0.3 drop_margin=1.0 executed_actions=4 (a tau given here '
+                             'replaces the calibrated one); also refreshes dysl.json when the '
+                             'DySL parts exist')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='auto', help="'auto' (CUDA if present), cpu, cuda")
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
+def guidance_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> GuidanceConfig fields typed as the config declares them."""
+    from ..guidance import GuidanceConfig
+    fields = {f.name: type(getattr(GuidanceConfig(), f.name))
+              for f in dataclasses.fields(GuidanceConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or key not in fields:
+            raise ValueError(f'--guidance {item!r}: expected KEY=VALUE with KEY one of '
+                             f'{sorted(fields)}')
+        kind = fields[key]
+        if kind is bool:
+            if value.lower() not in ('true', 'false'):
+                raise ValueError(f'--guidance {item!r}: expected true or false')
+            out[key] = value.lower() == 'true'
+        else:
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f'--guidance {item!r}: {value!r} is not a {kind.__name__}'
+                                 ) from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Calibrate static layers and tau of a trained VLA; writes calibration.json."""
-    from ..model.io import load_vla, write_json
+    from ..guidance import GuidanceConfig
+    from ..model.io import DYSL_JSON, load_vla, update_guidance, write_json
     from .bc import pick_device
     from .dataset import DemoDataset, load_demos
     vla = load_vla(args.model_dir, map_location=str(pick_device(args.device)))
@@ -172,7 +203,14 @@ def run(args: argparse.Namespace) -> int:
                             history=args.history, percentile=args.percentile, seed=args.seed,
                             progress=not args.quiet)
     calib['demos'] = str(args.demos)
+    overrides = guidance_overrides(args.guidance)
+    calib['guidance'] = dataclasses.asdict(
+        dataclasses.replace(GuidanceConfig(**calib['guidance']), **overrides))
+    calib['guidance_overrides'] = overrides
     write_json(Path(args.model_dir) / CALIBRATION_JSON, calib)
     print(format_calibration(calib))
     print(f'wrote {Path(args.model_dir) / CALIBRATION_JSON}')
+    if (Path(args.model_dir) / DYSL_JSON).is_file():
+        update_guidance(args.model_dir, calib['guidance'], Layout.from_dict(calib['layout']))
+        print(f'updated the guidance of {Path(args.model_dir) / DYSL_JSON}')
     return 0
