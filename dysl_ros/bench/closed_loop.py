@@ -72,7 +72,8 @@ def _worker(job: tuple) -> list[Episode]:
     torch.set_num_threads(1)
     from ..runtime.methods import make_policy
     from ..sim import SimConfig, TabletopEnv
-    policy = make_policy(method, Path(model_dir))
+    # only the actions that run before the next inference enter the continuity history
+    policy = make_policy(method, Path(model_dir), guidance={'executed_actions': open_loop_steps})
     env = TabletopEnv(SimConfig(image_size=image_size))
     try:
         return [run_episode(policy, env, instruction, s, method, open_loop_steps)

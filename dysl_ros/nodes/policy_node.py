@@ -83,6 +83,9 @@ PARAMS = (
     Param('build_engines', True, 'tensorrt backend: build missing or stale engines (false: '
           'refuse to configure instead)'),
     Param('warmup_steps', 3, 'policy steps run on blank frames at configure', 0, 100),
+    Param('executed_actions', 1, 'actions of each chunk the robot executes before the next '
+          'chunk replaces it; only those enter the continuity history (0: the model\'s stored '
+          'setting)', 0, 1000),
     Param('camera_names', ['front', 'wrist'], 'model camera names, in the order of '
           'camera_topics; must be the model\'s cameras; the first is the primary camera whose '
           'frames trigger inference and stamp the chunks'),
@@ -124,6 +127,7 @@ class PolicyNodeConfig:
     engine_cache: str
     build_engines: bool
     warmup_steps: int
+    executed_actions: int
     camera_names: tuple[str, ...]
     camera_topics: tuple[str, ...]
     image_transport: str
@@ -173,7 +177,9 @@ def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     elif cfg.backend == 'tensorrt':
         options = {'engine_cache': Path(cfg.engine_cache) if cfg.engine_cache else None,
                    'precision': cfg.precision, 'build_engines': cfg.build_engines, 'log': log}
-    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.device, **options)
+    guidance = {'executed_actions': cfg.executed_actions} if cfg.executed_actions else None
+    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.device, guidance,
+                       **options)
 
 
 @dataclass

@@ -9,9 +9,10 @@ directories; ONNX Runtime and TensorRT run exports, built from the manifest alon
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from ..export.manifest import MANIFEST_NAME, Manifest, guidance_config
 from ..guidance import GuidanceConfig
@@ -136,33 +137,37 @@ def make_runner(backend: str, source: Any, **options: Any) -> Runner:
 
 
 def load_guided_policy(backend: str, source: Any, *, skipping: bool = True,
-                       guidance: Optional[GuidanceConfig] = None,
+                       guidance: Optional[Mapping[str, Any]] = None,
                        **options: Any) -> GuidedPolicy:
-    """The DySL policy (skipping=False: full depth) on `backend`; guidance overrides the
-    stored settings (tau, K, ...) when given."""
+    """The DySL policy (skipping=False: full depth) on `backend`; guidance holds settings
+    (tau, executed_actions, ...) that replace the stored ones."""
     loaded = load_model(backend, source, **options)
-    return GuidedPolicy(loaded.runner, loaded.spec, guidance or loaded.guidance, skipping)
+    cfg = dataclasses.replace(loaded.guidance, **dict(guidance or {}))
+    return GuidedPolicy(loaded.runner, loaded.spec, cfg, skipping)
 
 
 EXPORT_METHODS = ('dysl', 'full')  # what an export holds; torch runs every method
 
 
 def open_policy(model: Path, backend: str = 'torch', method: str = 'dysl',
-                device: str = 'cpu', **options: Any) -> Policy:
+                device: str = 'cpu', guidance: Optional[Mapping[str, Any]] = None,
+                **options: Any) -> Policy:
     """The Policy a node or tool runs: torch runs any method from a model directory; the
     exported backends run dysl or full from an export (its folder, or <model>/onnx).
-    options go to the runner (onnxruntime: threads; tensorrt: engine_cache, precision, ...)."""
+    guidance replaces stored guidance settings; options go to the runner (onnxruntime:
+    threads; tensorrt: engine_cache, precision, ...)."""
     source = Path(model)
     if not source.exists():
         raise FileNotFoundError(f'model {source} does not exist')
     if backend == 'torch':
         from .methods import make_policy
-        return make_policy(method, source, device=device)
+        return make_policy(method, source, device=device, guidance=guidance)
     if method not in EXPORT_METHODS:
         raise ValueError(f'method={method!r} is invalid for backend {backend}: exports run '
                          f'{list(EXPORT_METHODS)}')
     if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
             (source / 'onnx' / MANIFEST_NAME).is_file():
         source = source / 'onnx'  # a model directory with its export inside
-    return load_guided_policy(backend, source, skipping=method == 'dysl', **options)
+    return load_guided_policy(backend, source, skipping=method == 'dysl', guidance=guidance,
+                              **options)
 

@@ -140,11 +140,13 @@ class BaselinePolicy:
 
 
 def make_policy(name: str, model_dir: Path, device: str = 'cpu', seed: Optional[int] = None,
-                vla: Optional[VLA] = None) -> Policy:
+                vla: Optional[VLA] = None, guidance: Optional[Mapping[str, Any]] = None
+                ) -> Policy:
     """The policy of method `name` from `model_dir` (see the module docstring for the files).
 
     seed overrides random-skip's stored seed; vla reuses an already loaded base model
-    (policies built from one VLA share its weights, which no method changes).
+    (policies built from one VLA share its weights, which no method changes); guidance holds
+    settings (executed_actions, tau, ...) that replace the stored ones of the DySL methods.
     """
     if name not in METHODS:
         raise ValueError(f'unknown method {name!r}; expected one of {METHODS}')
@@ -159,11 +161,11 @@ def make_policy(name: str, model_dir: Path, device: str = 'cpu', seed: Optional[
         _need(model_dir / DYSL_JSON, DYSL_COMMAND.format(model_dir=model_dir))
         flags = {'dysl-no-preskip': {'pre_skip': False},
                  'dysl-no-verify': {'verify': False}}.get(name, {})
-        return _dysl_policy(vla, model_dir, flags)
+        return _dysl_policy(vla, model_dir, {**(guidance or {}), **flags})
     if name in ABLATIONS:
         directory = ablation_dir(model_dir, name)
         _need(directory / DYSL_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
-        return _dysl_policy(vla, directory, {})
+        return _dysl_policy(vla, directory, dict(guidance or {}))
     directory = baseline_dir(model_dir, name)
     _need(directory / BASELINE_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
     if name == 'random-skip':
