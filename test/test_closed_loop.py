@@ -51,8 +51,6 @@ def test_every_bench_is_a_subcommand():
         assert args.bench == name
 
 
-@pytest.mark.skipif(not (DEFAULT_MODEL / 'dysl.json').is_file(),
-                    reason='models/default has not been trained yet')
 def test_shipped_default_model_steps_in_the_simulation():
     policy = make_policy('dysl', DEFAULT_MODEL)
     env = TabletopEnv(SimConfig())
