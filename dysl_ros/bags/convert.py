@@ -29,11 +29,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..datasets import prepare_dataset_dir
+from ..model.config import ACTION_NAMES
 from .episodes import BagEpisode, load_bag
 from .topics import TopicMap, add_topic_arguments, topics_from_args
 
 DEMOS_FORMAT = 'dysl_ros.demos/1'  # dysl_ros.sim.demos.FORMAT (not imported: it loads MuJoCo)
-ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')  # sim.env.ACTION_NAMES
 
 
 def episode_arrays(e: BagEpisode, cameras: Sequence[str], image_size: int = 0
@@ -89,14 +90,7 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
         # sim.demos.load_episode (and the trainers behind it) read (T, 7) actions only
         raise ValueError(f'action_names={list(action_names)}: the demo format takes '
                          f'{len(ACTION_NAMES)} actions {ACTION_NAMES}')
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / 'index.json').exists() or any(out.glob('*.npz')):
-        if not overwrite:
-            raise FileExistsError(f'{out} already holds a dataset; pass --overwrite to '
-                                  'replace it')
-        for p in list(out.glob('*.npz')) + [out / 'index.json', out / 'stats.json']:
-            p.unlink(missing_ok=True)
+    out = prepare_dataset_dir(out, overwrite)
     cameras = topics.camera_names
     entries, all_actions, sizes, rates = [], [], set(), []
     dropped = {'failed': 0, 'empty': 0}

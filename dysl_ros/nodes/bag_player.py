@@ -31,7 +31,6 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
@@ -46,15 +45,9 @@ from ..bags.replay import ChunkArrays, episode_record, recorded_stats, step_reco
 from ..bags.topics import MSG_CHUNK, MSG_COMPRESSED, MSG_STRING, TopicMap
 from ..validation import require
 from .launcher import LocalLaunch, wait_for
-from .qos import INSTRUCTION_QOS, SENSOR_QOS
+from .qos import CLOCK_QOS, INSTRUCTION_QOS, RECORD_QOS, SENSOR_QOS
 
 LIVE_BAG = 'live_bag'
-_RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
-_CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
 
 
 @dataclass(frozen=True)
@@ -219,12 +212,12 @@ def _run_graph(data: BagData, outgoing: list, stats_topic: str, cfg: LiveConfig,
         pubs = {t: player.create_publisher(CompressedImage if m == MSG_COMPRESSED else Image,
                                            t, SENSOR_QOS) for t, m in types.items()}
         instruction_pub = player.create_publisher(String, topics.instruction, INSTRUCTION_QOS)
-        clock_pub = player.create_publisher(Clock, '/clock', _CLOCK_QOS)
+        clock_pub = player.create_publisher(Clock, '/clock', CLOCK_QOS)
         player.create_subscription(JointTrajectory, topics.chunk,
-                                   recorder.callback(topics.chunk, MSG_CHUNK), _RECORD_QOS,
+                                   recorder.callback(topics.chunk, MSG_CHUNK), RECORD_QOS,
                                    raw=True)
         player.create_subscription(String, stats_topic,
-                                   recorder.callback(stats_topic, MSG_STRING), _RECORD_QOS,
+                                   recorder.callback(stats_topic, MSG_STRING), RECORD_QOS,
                                    raw=True)
         launch.start()
         if node is not None:

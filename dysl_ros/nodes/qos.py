@@ -25,3 +25,11 @@ COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
+# Recording a node's output (bag replay): reliable, deep enough that no message is lost.
+RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+# /clock published by a player on simulated time.
+CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                       reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)

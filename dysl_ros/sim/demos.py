@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dysl_ros.datasets import prepare_dataset_dir
 from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
 from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.tasks import TASKS
@@ -203,6 +204,8 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimCon
         raise ValueError(f'tasks={unknown} are unknown: expected names from {names}')
 
 
+
+
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              workers: int = 1, sim_cfg: SimConfig | None = None,
              tasks: tuple[str, ...] | None = None, overwrite: bool = False) -> dict:
@@ -217,14 +220,7 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     tasks = tuple(tasks or names)
     _check_args(episodes_per_task, workers, seed, sim_cfg, tasks)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / 'index.json').exists() or any(out.glob('*.npz')):
-        if not overwrite:
-            raise FileExistsError(f'{out} already holds a dataset; pass overwrite=True '
-                                  '(--overwrite) to replace it')
-        for p in list(out.glob('*.npz')) + [out / 'index.json', out / 'stats.json']:
-            p.unlink(missing_ok=True)
+    out = prepare_dataset_dir(out_dir, overwrite)
 
     per_task = {t: {'kept': 0, 'attempts': 0, 'failures': 0, 'failed_seeds': []}
                 for t in tasks}
