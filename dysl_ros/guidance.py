@@ -14,6 +14,7 @@ Typical control step:
     guidance.push(chunk)                                # commit; updates C, dC and the points
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -92,6 +93,31 @@ class GuidanceConfig:
         if self.chunk_policy not in CHUNK_POLICIES:
             raise ValueError(f'chunk_policy must be one of {CHUNK_POLICIES}, '
                              f'got {self.chunk_policy!r}')
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Command-line KEY=VALUE strings -> GuidanceConfig fields, typed as the config declares
+    them (ValueError naming the bad item). Values are range-checked when a config is built."""
+    fields = {f.name: type(getattr(GuidanceConfig(), f.name))
+              for f in dataclasses.fields(GuidanceConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or key not in fields:
+            raise ValueError(f'--guidance {item!r}: expected KEY=VALUE with KEY one of '
+                             f'{sorted(fields)}')
+        kind = fields[key]
+        if kind is bool:
+            if value.lower() not in ('true', 'false'):
+                raise ValueError(f'--guidance {item!r}: expected true or false')
+            out[key] = value.lower() == 'true'
+        else:
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f'--guidance {item!r}: {value!r} is not a {kind.__name__}'
+                                 ) from None
+    return out
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

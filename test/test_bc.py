@@ -171,3 +171,30 @@ def test_cli_train_calibrate_distill(demos, tmp_path):
     assert guidance == calib['guidance']
     hist = read_json(model / distill.DISTILL_JSON)
     assert len(hist['stage1']['loss']) == 6 and len(hist['stage2']['loss']) == 6
+
+
+def test_tau_from_the_model_sees_its_predicted_chunks(demos):
+    """The 'model' tau is calibrated on the actions the model itself would execute: a chunk
+    every n demo steps, its first n actions, as long as the episode."""
+    from dysl_ros.guidance import calibrate_tau
+    episodes, stats = load_demos(demos)
+    vla = tiny_vla(demos)
+    ds = DemoDataset.for_model(episodes, stats, vla)
+    streams = calibrate.predicted_action_episodes(vla, ds, executed_actions=3, episodes=10)
+    assert sorted(s.shape[0] for s in streams) == sorted(e.length for e in episodes)
+    first = int(np.flatnonzero(ds.episode_of == 0)[3])  # the second chunk of episode 0
+    b = ds.batch(np.array([first]))
+    with torch.no_grad():
+        chunk = vla(b['images'], b['tokens'])[0, :3].numpy()
+    length = episodes[0].length
+    match = [s for s in streams if s.shape[0] == length]
+    assert any(np.allclose(s[3:6], chunk, atol=1e-5) for s in match)
+    with pytest.raises(ValueError, match='executed_actions'):
+        calibrate.predicted_action_episodes(vla, ds, executed_actions=TINY.chunk_size + 1)
+    calib = calibrate.calibrate_model(vla, ds, samples=8, batch_size=4, progress=False,
+                                      executed_actions=3)
+    # an untrained model's actions are not the expert's: a different tau, and it is stored
+    # with the executed_actions it was measured for
+    assert calib['guidance']['tau'] == pytest.approx(calibrate_tau(streams))
+    assert calib['guidance']['tau'] != pytest.approx(calibrate_tau(ds.episode_actions()))
+    assert calib['guidance']['executed_actions'] == 3 and calib['tau_from'] == 'model'

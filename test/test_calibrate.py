@@ -97,16 +97,6 @@ def test_bad_values_raise():
         layer_similarity(planted_stack(set(), n=2), [torch.randn(3, D)], progress=False)
 
 
-def test_guidance_overrides_are_typed_and_checked():
-    from dysl_ros.train.calibrate import guidance_overrides
-    assert guidance_overrides(['tau=0.3', 'executed_actions=4', 'verify=false']) == \
-        {'tau': 0.3, 'executed_actions': 4, 'verify': False}
-    with pytest.raises(ValueError, match='KEY=VALUE'):
-        guidance_overrides(['speed=3'])
-    with pytest.raises(ValueError, match='not a int'):
-        guidance_overrides(['history=five'])
-
-
 def test_update_guidance_keeps_the_parts_and_refuses_another_layout(tmp_path):
     from dysl_ros.model import DySL, Layout, VLA, VLAConfig
     from dysl_ros.model.io import load_dysl, save_dysl, save_vla, update_guidance

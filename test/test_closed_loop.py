@@ -44,6 +44,23 @@ def test_bad_open_loop_steps_are_refused(tmp_path):
               '--episodes', '1', '--open-loop-steps', '9'])
 
 
+def test_guidance_overrides_reach_the_dysl_workers(tmp_path, capsys):
+    model = build_random_model(tmp_path / 'model', TINY)
+
+    def verification_rate(*guidance):
+        out = tmp_path / 'bench.json'
+        assert main(['bench', 'closed-loop', '--model', str(model), '--methods', 'dysl',
+                     '--episodes', '1', '--tasks', 'pick_red', '--workers', '1',
+                     '--json', str(out), '--guidance', *guidance]) == 0
+        return json.loads(out.read_text())['summary']['dysl']['verification_rate']
+
+    # a tiny tau reads the random model's jitter as drops: skipped chunks get verified
+    assert verification_rate('tau=1e-9') > 0
+    assert verification_rate('tau=1e-9', 'verify=false') == 0
+    assert main(['bench', 'closed-loop', '--model', str(model), '--guidance', 'tau=-1']) == 2
+    assert 'tau must be in' in capsys.readouterr().err
+
+
 def test_every_bench_is_a_subcommand():
     parser = build_parser()
     for name in BENCHES:

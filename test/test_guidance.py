@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dysl_ros.guidance import Guidance, GuidanceConfig, calibrate_tau, continuity_series
+from dysl_ros.guidance import (Guidance, GuidanceConfig, calibrate_tau, continuity_series,
+                               parse_overrides)
 
 TAU = 0.035
 NOISE = 0.01 * TAU  # steady-motion jitter per action dimension (1% of the tau scale)
@@ -364,3 +365,12 @@ def test_only_executed_actions_enter_the_history():
     assert list(whole.allow_points) != [1]  # the whole chunk reads the tail as drops
     with pytest.raises(ValueError, match='executed_actions'):
         GuidanceConfig(executed_actions=-1)
+
+
+def test_guidance_overrides_are_typed_and_checked():
+    assert parse_overrides(['tau=0.3', 'executed_actions=4', 'verify=false']) == \
+        {'tau': 0.3, 'executed_actions': 4, 'verify': False}
+    with pytest.raises(ValueError, match='KEY=VALUE'):
+        parse_overrides(['speed=3'])
+    with pytest.raises(ValueError, match='not a int'):
+        parse_overrides(['history=five'])

@@ -67,13 +67,14 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
 
 def _worker(job: tuple) -> list[Episode]:
     """One method x task x seed block in a fresh process (its own env and policy)."""
-    model_dir, method, instruction, seeds, open_loop_steps, image_size = job
+    model_dir, method, instruction, seeds, open_loop_steps, image_size, guidance = job
     import torch
     torch.set_num_threads(1)
     from ..runtime.methods import make_policy
     from ..sim import SimConfig, TabletopEnv
     # only the actions that run before the next inference enter the continuity history
-    policy = make_policy(method, Path(model_dir), guidance={'executed_actions': open_loop_steps})
+    policy = make_policy(method, Path(model_dir),
+                         guidance={'executed_actions': open_loop_steps, **guidance})
     env = TabletopEnv(SimConfig(image_size=image_size))
     try:
         return [run_episode(policy, env, instruction, s, method, open_loop_steps)
@@ -137,10 +138,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=1000, help='first episode seed')
     parser.add_argument('--workers', type=int, default=max(1, os.cpu_count() or 1),
                         help='worker processes (default: CPU count)')
+    parser.add_argument('--guidance', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='guidance settings of the DySL methods replacing the stored '
+                             'ones, e.g. tau=0.3 release_margin=0.5 (executed_actions '
+                             'defaults to --open-loop-steps)')
     parser.add_argument('--json', metavar='PATH', help='write the results as JSON')
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import load_vla
     from ..sim import TASKS
     if args.episodes < 1 or args.open_loop_steps < 1:
@@ -148,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks]
     if not tasks:
         raise SystemExit(f'no task matches {args.tasks}; tasks: {[t.name for t in TASKS]}')
+    guidance = parse_overrides(args.guidance)
+    GuidanceConfig(**guidance)  # range errors now, not in a worker
     vla = load_vla(args.model)
     if args.open_loop_steps > vla.cfg.chunk_size:
         raise SystemExit(f'--open-loop-steps={args.open_loop_steps} exceeds the chunk size '
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.episodes))
     blocks = max(1, min(len(seeds), 4))  # seeds per job: a few, so jobs balance
     jobs = [(str(args.model), m, t.instruction, seeds[i::blocks], args.open_loop_steps,
-             vla.cfg.image_size)
+             vla.cfg.image_size, guidance)
             for m in args.methods for t in tasks for i in range(blocks)]
     episodes: list[Episode] = []
     with mp.get_context('spawn').Pool(args.workers) as pool:

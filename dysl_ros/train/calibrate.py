@@ -96,25 +96,69 @@ def select_static(similarity: np.ndarray, ratio: float = 0.2,
 CALIBRATION_JSON = 'calibration.json'
 
 
+TAU_SOURCES = ('model', 'demos')
+
+
 def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
                     first_layer_static: bool = True, samples: int = 256, batch_size: int = 32,
                     history: int = 5, percentile: float = 85.0, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
-    """Stage 0 on demonstrations: the static layers from embedded demo observations, and
-    tau from the demos' actions normalised with the model's own statistics."""
+                    progress: bool = True, tau_from: str = 'model', executed_actions: int = 0,
+                    tau_episodes: int = 200) -> dict[str, Any]:
+    """Stage 0 on demonstrations: the static layers from embedded demo observations, and tau.
+
+    tau_from='model' (default) calibrates tau on what the guidance will see: the actions the
+    full-depth model predicts on demo observations, `executed_actions` of each chunk (0: all)
+    per inference, over `tau_episodes` episodes. 'demos' uses the expert's actions, which are
+    smoother than any learned policy's: that tau reads the model's own jitter as continuity
+    drops (verification on most steps, skipping held back)."""
     from ..guidance import GuidanceConfig, calibrate_tau
     from .dataset import EmbeddedBatches
+    if tau_from not in TAU_SOURCES:
+        raise ValueError(f'tau_from={tau_from!r}: expected one of {TAU_SOURCES}')
     batches = max(1, math.ceil(samples / batch_size))
     inputs = EmbeddedBatches(vla, dataset, batch_size, batches, seed)
     s = layer_similarity(vla.blocks, inputs, progress)
     layout = select_static(s, ratio, first_layer_static)
-    actions = dataset.episode_actions(vla.action_mean.detach().cpu().numpy(),
-                                      vla.action_std.detach().cpu().numpy())  # (T, D) each
+    if tau_from == 'model':
+        actions = predicted_action_episodes(vla, dataset, executed_actions, tau_episodes, seed)
+    else:
+        actions = dataset.episode_actions(vla.action_mean.detach().cpu().numpy(),
+                                          vla.action_std.detach().cpu().numpy())  # (T, D) each
     tau = calibrate_tau(actions, history, percentile)
     return {'format': 1, 'layout': layout.to_dict(), 'similarity': s.tolist(),
             'ratio': ratio, 'first_layer_static': first_layer_static,
             'samples': batches * batch_size, 'tau_percentile': percentile,
-            'guidance': dataclasses.asdict(GuidanceConfig(tau=tau, history=history))}
+            'tau_from': tau_from, 'tau_executed_actions': executed_actions,
+            'guidance': dataclasses.asdict(GuidanceConfig(
+                tau=tau, history=history, executed_actions=executed_actions))}
+
+
+@torch.no_grad()
+def predicted_action_episodes(vla: VLA, dataset: DemoDataset, executed_actions: int = 0,
+                              episodes: int = 200, seed: int = 0) -> list[np.ndarray]:
+    """The normalised action stream the full-depth model would hand the guidance on each of
+    `episodes` random demo episodes: a chunk every n steps of the demo, its first n actions
+    (n = executed_actions, 0: the whole chunk), cut to the episode's length. (T, D) each."""
+    n = executed_actions or vla.cfg.chunk_size
+    if not 1 <= n <= vla.cfg.chunk_size:
+        raise ValueError(f'executed_actions={executed_actions}: expected 0..'
+                         f'{vla.cfg.chunk_size} (the chunk size)')
+    ids = np.unique(dataset.episode_of)
+    ids = np.random.default_rng(seed).permutation(ids)[:max(1, episodes)]
+    device = vla.action_mean.device
+    was_training = vla.training
+    vla.eval()
+    try:
+        out = []
+        for e in ids:
+            steps = np.flatnonzero(dataset.episode_of == e)  # (T,) this episode's samples
+            b = dataset.batch(steps[::n])
+            chunks = vla(b['images'].to(device), b['tokens'].to(device))  # (B, H, D)
+            stream = chunks[:, :n].reshape(-1, chunks.shape[-1])[:steps.size]
+            out.append(stream.float().cpu().numpy())
+        return out
+    finally:
+        vla.train(was_training)
 
 
 def read_calibration(model_dir: Path) -> dict[str, Any]:
@@ -137,7 +181,8 @@ def format_calibration(calib: dict[str, Any]) -> str:
     lines += [f'{i:5d}  {s:.4f}  {"*" if i in static else ""}'
               for i, s in enumerate(calib['similarity'])]
     lines.append(f'static {sorted(static)} of {len(calib["similarity"])}; '
-                 f'tau = {calib["guidance"]["tau"]:.4g} (K = {calib["guidance"]["history"]})')
+                 f'tau = {calib["guidance"]["tau"]:.4g} (K = {calib["guidance"]["history"]}, '
+                 f'from the {calib.get("tau_from", "demos")}\'s actions)')
     return '\n'.join(lines)
 
 
@@ -155,55 +200,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--history', type=int, default=5, help='K of the continuity')
     parser.add_argument('--percentile', type=float, default=85.0,
                         help='tau = this percentile of |dC| over continuity drops (RECON)')
+    parser.add_argument('--tau-from', choices=TAU_SOURCES, default='model',
+                        help="'model' (default): the full-depth model's predictions on demo "
+                             "observations, as the guidance will see them; 'demos': the "
+                             "expert's actions")
+    parser.add_argument('--tau-episodes', type=int, default=200,
+                        help="demo episodes the 'model' tau is calibrated on")
     parser.add_argument('--guidance', nargs='+', default=[], metavar='KEY=VALUE',
                         help='guidance settings to store instead of the defaults, e.g. '
-                             'tau=0.3 drop_margin=1.0 executed_actions=4 (a tau given here '
-                             'replaces the calibrated one); also refreshes dysl.json when the '
-                             'DySL parts exist')
+                             'drop_margin=1.0 executed_actions=4 (executed_actions also sets '
+                             'how the model tau is measured; a tau given here replaces the '
+                             'calibrated one); also refreshes dysl.json when the DySL parts '
+                             'exist')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='auto', help="'auto' (CUDA if present), cpu, cuda")
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
-def guidance_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """KEY=VALUE strings -> GuidanceConfig fields typed as the config declares them."""
-    from ..guidance import GuidanceConfig
-    fields = {f.name: type(getattr(GuidanceConfig(), f.name))
-              for f in dataclasses.fields(GuidanceConfig)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or key not in fields:
-            raise ValueError(f'--guidance {item!r}: expected KEY=VALUE with KEY one of '
-                             f'{sorted(fields)}')
-        kind = fields[key]
-        if kind is bool:
-            if value.lower() not in ('true', 'false'):
-                raise ValueError(f'--guidance {item!r}: expected true or false')
-            out[key] = value.lower() == 'true'
-        else:
-            try:
-                out[key] = kind(value)
-            except ValueError:
-                raise ValueError(f'--guidance {item!r}: {value!r} is not a {kind.__name__}'
-                                 ) from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Calibrate static layers and tau of a trained VLA; writes calibration.json."""
-    from ..guidance import GuidanceConfig
+    from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import DYSL_JSON, load_vla, update_guidance, write_json
     from .bc import pick_device
     from .dataset import DemoDataset, load_demos
     vla = load_vla(args.model_dir, map_location=str(pick_device(args.device)))
     episodes, stats = load_demos(args.demos)
+    overrides = parse_overrides(args.guidance)
     calib = calibrate_model(vla, DemoDataset.for_model(episodes, stats, vla), args.ratio,
                             samples=args.samples, batch_size=args.batch_size,
                             history=args.history, percentile=args.percentile, seed=args.seed,
-                            progress=not args.quiet)
+                            progress=not args.quiet, tau_from=args.tau_from,
+                            executed_actions=overrides.get('executed_actions', 0),
+                            tau_episodes=args.tau_episodes)
     calib['demos'] = str(args.demos)
-    overrides = guidance_overrides(args.guidance)
     calib['guidance'] = dataclasses.asdict(
         dataclasses.replace(GuidanceConfig(**calib['guidance']), **overrides))
     calib['guidance_overrides'] = overrides
