@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..guidance import GuidanceConfig, calibrate_tau
 from ..model.baselines import (DeeR, DeeRConfig, FlexiDepth, FlexiDepthConfig, StaticDepth,
                                chunk_distance, save_baseline)
-from ..model.config import DySLConfig
+from ..model.config import DySLConfig, from_dict
 from ..model.dysl import DySL
 from ..model.io import DYSL_JSON, load_vla, read_json, save_dysl, write_json
 from ..model.layout import Layout
@@ -45,7 +45,7 @@ from ..sim.demos import Episode
 from ..validation import require
 from .calibrate import CALIBRATION_JSON, layer_similarity, read_calibration, select_static
 from .dataset import DemoDataset, EmbeddedBatches, load_demos
-from .distill import DistillConfig, distill, hidden_mse
+from .distill import DISTILL_JSON, DistillConfig, distill, hidden_mse
 from .optim import check_optimiser_fields, check_reiterable, frozen, make_optimizer
 
 Batch = Union[torch.Tensor, tuple]
@@ -475,7 +475,7 @@ def run(args: argparse.Namespace) -> int:
     """Train / calibrate every requested method of --model-dir on the demos in --demos."""
     episodes, _ = load_demos(args.demos)
     cfg = BaselineTrainConfig(steps=args.steps, lr=args.lr, flexi_alpha=args.alpha)
-    dcfg = DistillConfig(seed=args.seed)
+    dcfg = main_distill_config(args.model_dir, args.seed)
     if args.distill_steps:
         dcfg = dataclasses.replace(dcfg, stage1_steps=args.distill_steps[0],
                                    stage2_steps=args.distill_steps[1])
@@ -484,6 +484,19 @@ def run(args: argparse.Namespace) -> int:
                                   args.batches, args.measure_episodes, args.seed)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def main_distill_config(model_dir: Path, seed: int = 0) -> DistillConfig:
+    """The main DySL's distillation settings (lambda, lr, ...) from <model_dir>/distill.json,
+    so an ablation differs from DySL in the one thing it ablates; the defaults without it."""
+    path = Path(model_dir) / DISTILL_JSON
+    if not path.is_file():
+        return DistillConfig(seed=seed)
+    try:
+        cfg = from_dict(DistillConfig, read_json(path)['config'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'{path}: no valid distillation config ({e}); rerun distill') from None
+    return dataclasses.replace(cfg, seed=seed)
 
 
 # -- helpers -------------------------------------------------------------------------------
