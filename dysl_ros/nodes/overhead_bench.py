@@ -175,7 +175,9 @@ def _measure(args: argparse.Namespace, model: Path, frame: np.ndarray
                 if interleave:
                     times.append(step())
                 camera.ping()
-            wait_for(lambda: len(camera.node_step) >= len(camera.results), 5.0,
+            # statistics arrive on their own topic, possibly after the chunk; the warm-up's
+            # are in node_step too, so wait for these frames' stamps, not for a count
+            wait_for(lambda: all(s in camera.node_step for s, _ in camera.results), 5.0,
                      'the step statistics')
         finally:
             if proc is not None:
