@@ -108,9 +108,10 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
 
     tau_from='model' (default) calibrates tau on what the guidance will see: the actions the
     full-depth model predicts on demo observations, `executed_actions` of each chunk (0: all)
-    per inference, over `tau_episodes` episodes. 'demos' uses the expert's actions, which are
-    smoother than any learned policy's: that tau reads the model's own jitter as continuity
-    drops (verification on most steps, skipping held back)."""
+    per inference, over `tau_episodes` episodes. 'demos' uses the expert's actions. Both see
+    the demos' states; in closed loop a policy meets its own, and its actions may jitter more
+    there (the default model: 0.126 here, 0.3 needed in closed loop), so check tau with
+    `bench closed-loop --guidance tau=...` before shipping it."""
     from ..guidance import GuidanceConfig, calibrate_tau
     from .dataset import EmbeddedBatches
     if tau_from not in TAU_SOURCES:
