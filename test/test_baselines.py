@@ -242,3 +242,17 @@ def test_ablation_flags_take_effect(model_dir, vla):
     assert any(s.verified for _, s in no_pre)  # verification still on
     assert not any(s.verified for _, s in no_ver)
     assert all(s.layers_run <= TINY.n_layers for _, s in no_ver)
+
+
+def test_ablations_take_the_main_models_distillation_settings(tmp_path):
+    from dysl_ros.model.io import write_json
+    from dysl_ros.train.baselines import main_distill_config
+    from dysl_ros.train.distill import DISTILL_JSON, DistillConfig
+    assert main_distill_config(tmp_path, seed=3) == DistillConfig(seed=3)  # none yet
+    stored = DistillConfig(lam=0.3, lr=5e-4, stage2_steps=600)
+    write_json(tmp_path / DISTILL_JSON, {'config': stored.to_dict()})
+    cfg = main_distill_config(tmp_path, seed=3)
+    assert (cfg.lam, cfg.lr, cfg.stage2_steps, cfg.seed) == (0.3, 5e-4, 600, 3)
+    write_json(tmp_path / DISTILL_JSON, {'config': {'lam': 0.3, 'speed': 1}})
+    with pytest.raises(ValueError, match=DISTILL_JSON):
+        main_distill_config(tmp_path)
