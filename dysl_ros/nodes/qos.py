@@ -5,31 +5,23 @@ publishers that tools such as `ros2 topic pub` create.
 """
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+
+def _volatile(depth: int, reliability: ReliabilityPolicy) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
 # Cameras: best effort, newest frame only (a late frame is worth less than the next one).
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
+SENSOR_QOS = _volatile(1, ReliabilityPolicy.BEST_EFFORT)
 # Action chunks: reliable, and only the newest matters.
-CHUNK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                       reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.VOLATILE)
+CHUNK_QOS = _volatile(1, ReliabilityPolicy.RELIABLE)
 # Instructions: reliable, none lost when two come close together.
-INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
+INSTRUCTION_QOS = _volatile(10, ReliabilityPolicy.RELIABLE)
 # Commands at the control rate: reliable, a few in flight so that none is lost to jitter.
-COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
+COMMAND_QOS = _volatile(5, ReliabilityPolicy.RELIABLE)
 # Episode status and /diagnostics: reliable, a short history.
-STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
+STATUS_QOS = _volatile(10, ReliabilityPolicy.RELIABLE)
 # Recording a node's output (bag replay): reliable, deep enough that no message is lost.
-RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
+RECORD_QOS = _volatile(100, ReliabilityPolicy.RELIABLE)
 # /clock published by a player on simulated time.
-CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                       reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.VOLATILE)
+CLOCK_QOS = _volatile(10, ReliabilityPolicy.RELIABLE)

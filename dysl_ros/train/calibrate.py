@@ -129,7 +129,7 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
     return {'format': 1, 'layout': layout.to_dict(), 'similarity': s.tolist(),
             'ratio': ratio, 'first_layer_static': first_layer_static,
             'samples': batches * batch_size, 'tau_percentile': percentile,
-            'tau_from': tau_from, 'tau_executed_actions': executed_actions,
+            'tau_from': tau_from,
             'guidance': dataclasses.asdict(GuidanceConfig(
                 tau=tau, history=history, executed_actions=executed_actions))}
 
