@@ -35,6 +35,9 @@ def test_one_episode_smoke_run_writes_the_table_and_json(tmp_path, capsys):
     for episode in result['episodes']:  # an untrained model fails, and the episode times out
         assert episode['task'] == 'pick_red' and episode['steps'] == 160
         assert episode['inferences'] == 160 // 4
+        assert episode['closest_mm'] > 0 and episode['progress_mm'] < 50
+    failures = summary['full']['failures']['pick_red']
+    assert failures['count'] == 1 and failures['moved'] <= failures['reached'] <= 1
 
 
 def test_bad_open_loop_steps_are_refused(tmp_path):

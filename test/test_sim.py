@@ -166,6 +166,19 @@ def test_expert_succeeds(blind_env, task):
         assert result['length'] < blind_env.task.max_steps
 
 
+def test_target_distance_follows_the_gripper_to_the_task_object(blind_env):
+    from dysl_ros.sim.expert import make_expert
+    for instruction in ('pick up the red block', 'open the drawer'):
+        blind_env.reset(seed=3, instruction=instruction)
+        expert = make_expert(blind_env)
+        start = blind_env.target_distance()
+        closest = start
+        while not blind_env.done:
+            blind_env.step(expert.act())
+            closest = min(closest, blind_env.target_distance())
+        assert start > 0.05 and closest < 0.01, (instruction, start, closest)
+
+
 def test_expert_phases_and_instruction_matters(blind_env):
     blind_env.reset(seed=4, instruction='pick up the red block')
     expert = make_expert(blind_env)

@@ -3,7 +3,9 @@
 `python -m dysl_ros bench closed-loop` runs N seeded episodes per task for each method in
 worker processes and reports, per method: success per task and overall, mean backbone
 layers run per step (and as a fraction of full depth), mean backbone latency and its speedup
-over full depth measured in the same run, and the verification rate.
+over full depth measured in the same run, and the verification rate. Failed episodes are
+broken down by how far they got: whether the gripper reached the task's object (came within
+REACHED_MM of it) and whether it moved it (lifted / pushed / opened more than MOVED_MM).
 
 Backbone latency is the guided pass plus any verification re-run. Workers run one torch
 thread each; latencies are comparable between methods of one run, not across machines.
@@ -24,6 +26,8 @@ from tqdm import tqdm
 from ..paths import default_model_dir
 
 DEFAULT_MODEL = default_model_dir()
+REACHED_MM = 20.0  # a failed episode "reached" the object when the gripper came this close
+MOVED_MM = 10.0    # ... and "moved" it when the task's progress passed this
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Episode:
     layers_total: int
     backbone_ms: float  # mean per inference
     verified: int
+    closest_mm: float  # closest approach of the gripper to the task's object
+    progress_mm: float  # most lifted / pushed / opened during the episode
 
 
 def run_episode(policy, env, instruction: str, seed: int, method: str,
@@ -48,6 +54,7 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
     obs = env.reset(seed=seed, instruction=instruction)
     policy.reset()
     layers, latency, verified, inferences = [], [], 0, 0
+    closest, progress = env.target_distance(), env.progress()
     done = False
     while not done:
         chunk, stats = policy.step(obs.images, obs.instruction)
@@ -58,11 +65,12 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
         verified += int(stats.verified)
         for action in chunk[:open_loop_steps]:
             obs, done, _ = env.step(action)
+            closest, progress = min(closest, env.target_distance()), max(progress, env.progress())
             if done:
                 break
     return Episode(method, env.task.name, seed, bool(env.success), env.step_count, inferences,
                    float(np.mean(layers)), stats.layers_total, float(np.mean(latency)),
-                   verified)
+                   verified, closest * 1e3, progress * 1e3)
 
 
 def _worker(job: tuple) -> list[Episode]:
@@ -101,12 +109,21 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
             'backbone_ms': float(np.average([e.backbone_ms for e in eps], weights=inf)),
             'verification_rate': float(sum(e.verified for e in eps) / inf.sum()),
             'episodes': len(eps),
+            'failures': {t: _failures([e for e in eps if e.task == t and not e.success])
+                         for t in tasks},
         }
         out[m]['layer_fraction'] = out[m]['layers_run'] / out[m]['layers_total']
     if 'full' in out:
         for m in out:
             out[m]['speedup'] = out['full']['backbone_ms'] / out[m]['backbone_ms']
     return out
+
+
+def _failures(failed: Sequence[Episode]) -> dict:
+    """How far the failed episodes of one task got."""
+    reached = [e for e in failed if e.closest_mm < REACHED_MM]
+    return {'count': len(failed), 'reached': len(reached),
+            'moved': sum(e.progress_mm > MOVED_MM for e in reached)}
 
 
 def format_table(summary: dict, tasks: Sequence[str]) -> str:
@@ -120,6 +137,18 @@ def format_table(summary: dict, tasks: Sequence[str]) -> str:
             + f'{r["success_mean"]:>7.0%}{r["layers_run"]:>8.1f}{r["layer_fraction"]:>6.0%}'
             + f'{r["backbone_ms"]:>7.1f}{r.get("speedup", float("nan")):>7.2f}x'
             + f'{r["verification_rate"]:>7.1%}')
+    return '\n'.join(lines)
+
+
+def format_failures(summary: dict, tasks: Sequence[str]) -> str:
+    """Failed episodes per task as failed / reached the object / moved it."""
+    short = [t.split('_')[0][:10] for t in tasks]
+    head = f'{"failed/reached/moved":<22}' + ''.join(f'{s:>11}' for s in short)
+    lines = [head, '-' * len(head)]
+    for m, r in summary.items():
+        cells = [r['failures'][t] for t in tasks]
+        lines.append(f'{m:<22}' + ''.join(
+            f'{c["count"]:>5}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
     return '\n'.join(lines)
 
 
@@ -175,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     names = [t.name for t in tasks]
     summary = summarise(episodes, args.methods, names)
     print(format_table(summary, names))
+    print(f'\nfailed episodes: how many reached the object (within {REACHED_MM:.0f} mm) and, '
+          f'of those, moved it (more than {MOVED_MM:.0f} mm)')
+    print(format_failures(summary, names))
     print(f'{args.episodes} episodes per task, {args.open_loop_steps} actions per chunk executed '
           f'open-loop, {args.workers} workers on {os.cpu_count()} CPUs')
     if args.json:

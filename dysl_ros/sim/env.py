@@ -347,6 +347,13 @@ class TabletopEnv:
         """Metres lifted / pushed / opened so far for the current task."""
         return self._monitor.progress(self.state())
 
+    def target_distance(self) -> float:
+        """Metres from the gripper to what the task is about (its block, or the drawer handle)."""
+        d, task = self.data, self.task
+        target = (d.site_xpos[self._handle] if task.kind == 'drawer'
+                  else d.xpos[self._blocks[task.target]])
+        return float(np.linalg.norm(d.xpos[self._gripper] - target))
+
     def state(self) -> dict[str, np.ndarray]:
         """Privileged simulator state (copies), for experts, tests and logging."""
         d = self.data
