@@ -214,26 +214,51 @@ def test_step_locked_replay_reproduces_the_recorded_chunks(policy_bag, model, tm
     np.testing.assert_array_equal(arrays['chunks'], arrays['reference_recorded'])
 
 
+def test_a_bag_recorded_with_several_actions_per_chunk_replays_its_guidance(tmp_path):
+    """`record --execute 2` puts two actions of each chunk into the continuity history, and
+    the replay reads that from the bag, so its ring buffer and skips are the recorded ones."""
+    tight = tiny_model(tmp_path / 'tight', tau=0.015)
+    bag, out = tmp_path / 'bag', tmp_path / 'report'
+    assert cli('record', ['--out', bag, '--source', 'policy', '--model', tight, '--tasks',
+                        'pick_red', '--max-steps', 12, '--seed', 3, '--execute', 2,
+                        '--start-ns', START_NS, '--quiet']) == 0
+    stats = [json.loads(m.data) for _, m in read_back(bag)['/policy_node/step_stats'][1]]
+    assert len(stats) == 6
+    assert [len(s['guidance']['buffer']) for s in stats[:3]] == [0, 2, 4]
+    assert cli('replay', [bag, '--out', out, '--model', tight, '--reference', 'recorded',
+                        '--no-plots', '--quiet']) == 0
+    s = json.loads((out / 'report.json').read_text())['summary']
+    assert s['guidance_match'] == {'compared': 6, 'matched': 6}
+    assert s['skips_match'] == {'compared': 6, 'matched': 6}
+    with TabletopEnv(SimConfig(image_size=32, max_steps=4)) as env, \
+            pytest.raises(ValueError, match='execute=2 run'):
+        record.record(tmp_path / 'refused', RecordConfig(source='policy', execute=2),
+                      default_topics(('front', 'wrist')), env, open_policy(tight),
+                      progress=False)
+
+
 def test_restored_guidance_reproduces_skips_of_a_cut_bag(tmp_path):
-    """A bag whose first frames are gone: the replay's history differs from the recording's
-    until the recorded ring buffer and allow points are restored before each step."""
-    tight = tiny_model(tmp_path / 'tight', tau=0.015)  # the allow points move in episode 1
-    policy = open_policy(tight)
+    """A bag whose first chunk's frames are gone: the replay's history differs from the
+    recording's until the recorded ring buffer and allow points are restored before each
+    step."""
+    tight = tiny_model(tmp_path / 'tight', tau=0.005)  # the allow points move in episode 1
+    four = {'executed_actions': 4}  # as the recording runs: four actions per chunk
+    policy = open_policy(tight, guidance=four)
     topics = default_topics(policy.spec.cameras)
     with TabletopEnv(SimConfig(image_size=32, cameras=topics.camera_names,
-                               max_steps=8)) as env:
+                               max_steps=32)) as env:
         record.record(tmp_path / 'bag', RecordConfig(source='policy', tasks=('pick_red',),
-                                                     seed=3, start_ns=START_NS),
+                                                     seed=3, execute=4, start_ns=START_NS),
                       topics, env, policy, progress=False)
     data = load_bag(tmp_path / 'bag', topics)
-    data.episodes[0].observations = data.episodes[0].observations[2:]
-    plain, _ = replay_step_locked(data, open_policy(tight), progress=False)
+    data.episodes[0].observations = data.episodes[0].observations[4:]
+    plain, _ = replay_step_locked(data, open_policy(tight, guidance=four), progress=False)
     first = plain[0]['steps'][0]
     assert first['guidance_match'] is False and first['skips_match'] is False
-    restored, _ = replay_step_locked(data, open_policy(tight),
+    restored, _ = replay_step_locked(data, open_policy(tight, guidance=four),
                                      ReplayConfig(restore_guidance=True), progress=False)
     steps = restored[0]['steps']
-    assert len(steps) == 6
+    assert len(steps) == 7
     assert all(s['guidance_match'] and s['skips_match'] and s['errors']['recorded']['exact']
                for s in steps)
 
@@ -399,7 +424,8 @@ def test_bag2demos_output_trains_with_distill(expert_bag, policy_bag, model, tmp
 def test_onnxruntime_bag_replays_exactly_on_onnxruntime_and_closely_on_torch(tmp_path):
     """Last in the file: an ONNX export slows later torch work in the same process."""
     directory = tiny_model(tmp_path / 'model', export=True)
-    policy = open_policy(directory, backend='onnxruntime', threads=1)
+    one = {'executed_actions': 1}  # as the recording runs: one action per chunk
+    policy = open_policy(directory, backend='onnxruntime', threads=1, guidance=one)
     topics = default_topics(policy.spec.cameras)
     with TabletopEnv(SimConfig(image_size=32, cameras=topics.camera_names,
                                max_steps=6)) as env:
@@ -408,8 +434,9 @@ def test_onnxruntime_bag_replays_exactly_on_onnxruntime_and_closely_on_torch(tmp
                       topics, env, policy, progress=False)
     data = load_bag(tmp_path / 'bag', topics)
     same, _ = replay_step_locked(data, open_policy(directory, backend='onnxruntime',
-                                                   threads=1), progress=False)
+                                                   threads=1, guidance=one), progress=False)
     assert [s['errors']['recorded']['exact'] for s in same[0]['steps']] == [True] * 6
-    torch_steps = replay_step_locked(data, open_policy(directory), progress=False)[0][0]['steps']
+    torch_steps = replay_step_locked(data, open_policy(directory, guidance=one),
+                                     progress=False)[0][0]['steps']
     assert all(s['skips_match'] for s in torch_steps)
     assert max(s['errors']['recorded']['max_abs'] for s in torch_steps) < 1e-5

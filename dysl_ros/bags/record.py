@@ -123,6 +123,16 @@ def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
         if sorted(cams) != sorted(topics.camera_names):
             raise ValueError(f'the model\'s cameras {cams} differ from the topic map\'s '
                              f'{list(topics.camera_names)}')
+        if cfg.execute > policy.spec.chunk_size:
+            raise ValueError(f'execute={cfg.execute} exceeds the model\'s chunk size '
+                             f'{policy.spec.chunk_size}')
+        guidance = guidance_of(policy)
+        executed = (guidance.cfg.executed_actions or policy.spec.chunk_size
+                    if guidance is not None else cfg.execute)
+        if executed != cfg.execute:  # the history would not be what the robot did
+            raise ValueError(f'the policy\'s guidance puts {executed} actions of each chunk '
+                             f'into its history, but execute={cfg.execute} run: open it with '
+                             f"guidance={{'executed_actions': {cfg.execute}}}")
     limits = ChunkExecutorConfig()
     lower, upper = np.array(limits.lower_limits), np.array(limits.upper_limits)
     tasks = [t for t in TASKS if not cfg.tasks or t.name in cfg.tasks]
@@ -256,7 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-steps', type=int, default=0,
                         help='episode time limit in steps (default: each task\'s own)')
     parser.add_argument('--execute', type=int, default=d.execute,
-                        help='policy: actions executed per chunk (default 1)')
+                        help='policy: actions executed per chunk (default 1); the guidance '
+                             'puts as many into its continuity history')
     parser.add_argument('--control-hz', type=float, default=d.control_hz)
     parser.add_argument('--image-size', type=int, default=0,
                         help='camera resolution (default: the model\'s, or 64 for the expert)')
@@ -278,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads > 0:
             import torch
             torch.set_num_threads(args.threads)
-        policy = open_policy(args.model, args.backend, args.method, args.device, args.threads)
+        policy = open_policy(args.model, args.backend, args.method, args.device, args.threads,
+                             guidance={'executed_actions': cfg.execute})
         if 'cameras' not in given:
             topics = TopicMap(**{**_fields(topics),
                                  'cameras': default_topics(tuple(policy.spec.cameras)).cameras})
