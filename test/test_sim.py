@@ -166,7 +166,7 @@ def test_expert_succeeds(blind_env, task):
         assert result['length'] < blind_env.task.max_steps
 
 
-def test_target_distance_follows_the_gripper_to_the_task_object(blind_env):
+def test_target_distance_and_max_progress_follow_the_expert(blind_env):
     from dysl_ros.sim.expert import make_expert
     for instruction in ('pick up the red block', 'open the drawer'):
         blind_env.reset(seed=3, instruction=instruction)
@@ -177,6 +177,7 @@ def test_target_distance_follows_the_gripper_to_the_task_object(blind_env):
             blind_env.step(expert.act())
             closest = min(closest, blind_env.target_distance())
         assert start > 0.05 and closest < 0.01, (instruction, start, closest)
+        assert blind_env.success and blind_env.max_progress > blind_env.task.threshold
 
 
 def test_expert_phases_and_instruction_matters(blind_env):

@@ -127,12 +127,12 @@ def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
             raise ValueError(f'execute={cfg.execute} exceeds the model\'s chunk size '
                              f'{policy.spec.chunk_size}')
         guidance = guidance_of(policy)
-        executed = (guidance.cfg.executed_actions or policy.spec.chunk_size
-                    if guidance is not None else cfg.execute)
-        if executed != cfg.execute:  # the history would not be what the robot did
-            raise ValueError(f'the policy\'s guidance puts {executed} actions of each chunk '
-                             f'into its history, but execute={cfg.execute} run: open it with '
-                             f"guidance={{'executed_actions': {cfg.execute}}}")
+        if guidance is not None:  # its history must be what the robot did
+            executed = guidance.cfg.executed_actions or policy.spec.chunk_size
+            if executed != cfg.execute:
+                raise ValueError(f'the policy\'s guidance puts {executed} actions of each '
+                                 f'chunk into its history, but execute={cfg.execute} run: '
+                                 f"open it with guidance={{'executed_actions': {cfg.execute}}}")
     limits = ChunkExecutorConfig()
     lower, upper = np.array(limits.lower_limits), np.array(limits.upper_limits)
     tasks = [t for t in TASKS if not cfg.tasks or t.name in cfg.tasks]

@@ -54,7 +54,7 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
     obs = env.reset(seed=seed, instruction=instruction)
     policy.reset()
     layers, latency, verified, inferences = [], [], 0, 0
-    closest, progress = env.target_distance(), env.progress()
+    closest = env.target_distance()
     done = False
     while not done:
         chunk, stats = policy.step(obs.images, obs.instruction)
@@ -65,12 +65,12 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
         verified += int(stats.verified)
         for action in chunk[:open_loop_steps]:
             obs, done, _ = env.step(action)
-            closest, progress = min(closest, env.target_distance()), max(progress, env.progress())
+            closest = min(closest, env.target_distance())
             if done:
                 break
     return Episode(method, env.task.name, seed, bool(env.success), env.step_count, inferences,
                    float(np.mean(layers)), stats.layers_total, float(np.mean(latency)),
-                   verified, closest * 1e3, progress * 1e3)
+                   verified, closest * 1e3, env.max_progress * 1e3)
 
 
 def _worker(job: tuple) -> list[Episode]:

@@ -347,6 +347,11 @@ class TabletopEnv:
         """Metres lifted / pushed / opened so far for the current task."""
         return self._monitor.progress(self.state())
 
+    @property
+    def max_progress(self) -> float:
+        """The most progress() reached so far in this episode."""
+        return self._monitor.max_progress
+
     def target_distance(self) -> float:
         """Metres from the gripper to what the task is about (its block, or the drawer handle)."""
         d, task = self.data, self.task

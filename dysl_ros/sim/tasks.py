@@ -111,6 +111,7 @@ class SuccessMonitor:
         self.task = task
         self.start = self._value(state)
         self.max_lift = 0.0
+        self.max_progress = self.progress(state)  # the most lifted / pushed / opened so far
         self.streak = 0
         self.success = False
 
@@ -134,6 +135,7 @@ class SuccessMonitor:
             lift = float(state[f'{self.task.target}_pos'][2] - BLOCK_HALF)
             self.max_lift = max(self.max_lift, lift)
         progress = self.progress(state)
+        self.max_progress = max(self.max_progress, progress)
         ok = progress > self.task.threshold
         if self.task.kind == 'push':
             drift = abs(float(state[f'{self.task.target}_pos'][1] - self.start[1]))

@@ -110,7 +110,7 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
     full-depth model predicts on demo observations, `executed_actions` of each chunk (0: all)
     per inference, over `tau_episodes` episodes. 'demos' uses the expert's actions. Both see
     the demos' states; in closed loop a policy meets its own, and its actions may jitter more
-    there (the default model: 0.126 here, 0.3 needed in closed loop), so check tau with
+    there (the default model: 0.125 here, 0.3 needed in closed loop), so check tau with
     `bench closed-loop --guidance tau=...` before shipping it."""
     from ..guidance import GuidanceConfig, calibrate_tau
     from .dataset import EmbeddedBatches
