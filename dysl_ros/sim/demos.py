@@ -10,6 +10,12 @@ with T = number of control steps and these keys:
     task             () str              task name (TASKS)
     seed             () int64            env.reset seed: replays the episode exactly
     success          () bool             always True (failed expert episodes are not kept)
+    takeover_step    () int64            recovery demos only (--recover-from): the step at
+                                         which the expert took over from the model; the
+                                         episode holds the steps from there on
+
+Recovery demos (`--recover-from MODEL`, see sim/recovery.py) are the expert's corrections from
+states the model itself reaches; train on them next to the plain demos (train-bc --demos A B).
 
 Next to the episodes: `index.json` ({'format', 'action_names', 'cameras', 'image_size',
 'control_hz', 'episodes': [{'file', 'task', 'instruction', 'seed', 'length'}], 'per_task'})
@@ -18,6 +24,7 @@ statistics over every action of every kept episode, for normalisation; std is 0 
 dimensions the experts never use, droll and dpitch, so normalise with a floor on std).
 
     python -m dysl_ros gen-demos --out data/demos --episodes-per-task 100 --workers 2
+    python -m dysl_ros gen-demos --out data/recovery --recover-from models/default --seed 1
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from tqdm import tqdm
 from dysl_ros.datasets import prepare_dataset_dir
 from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
 from dysl_ros.sim.expert import run_episode
+from dysl_ros.sim.recovery import run_recovery_episode
 from dysl_ros.sim.tasks import TASKS
 
 FORMAT = 'dysl_ros.demos/1'
@@ -154,6 +162,8 @@ def save_episode(path: str | os.PathLike, rec: dict) -> None:
                   instruction=np.array(rec['instruction']), task=np.array(rec['task']),
                   seed=np.array(rec['seed'], dtype=np.int64),
                   success=np.array(bool(rec['success'])))
+    if 'takeover_step' in rec:
+        arrays['takeover_step'] = np.array(rec['takeover_step'], dtype=np.int64)
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'wb') as f:
         np.savez_compressed(f, **arrays)
@@ -163,15 +173,24 @@ def save_episode(path: str | os.PathLike, rec: dict) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(sim_cfg: SimConfig, out_dir: str) -> None:
+def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = None) -> None:
     env = TabletopEnv(sim_cfg)
     multiprocessing.util.Finalize(env, env.close, exitpriority=10)
-    _WORKER.update(env=env, out=Path(out_dir))
+    policy = None
+    if recover_from is not None:
+        import torch
+        from dysl_ros.runtime.methods import make_policy
+        torch.set_num_threads(1)   # one thread per worker process
+        policy = make_policy('full', Path(recover_from))
+    _WORKER.update(env=env, out=Path(out_dir), policy=policy)
 
 
 def _run_job(job: tuple[str, int]) -> dict:
     task, seed = job
-    rec = run_episode(_WORKER['env'], seed, task, record=True)
+    if _WORKER['policy'] is not None:
+        rec = run_recovery_episode(_WORKER['env'], _WORKER['policy'], seed, task)
+    else:
+        rec = run_episode(_WORKER['env'], seed, task, record=True)
     meta = {k: rec[k] for k in ('task', 'instruction', 'seed', 'length', 'success')}
     if rec['success']:
         meta['file'] = f'{task}_s{seed}.npz'
@@ -208,8 +227,12 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimCon
 
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              workers: int = 1, sim_cfg: SimConfig | None = None,
-             tasks: tuple[str, ...] | None = None, overwrite: bool = False) -> dict:
+             tasks: tuple[str, ...] | None = None, overwrite: bool = False,
+             recover_from: str | os.PathLike | None = None) -> dict:
     """Write `episodes_per_task` successful expert episodes per task; return a summary.
+
+    With recover_from (a model folder), each episode is a recovery demonstration: the model
+    drives until near contact, then the expert takes over (sim/recovery.py).
 
     Failed expert episodes are dropped, counted and replaced by new seeds (at most
     2 * episodes_per_task + 10 attempts per task). workers > 1 uses spawned processes, each
@@ -219,6 +242,9 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     names = [t.name for t in TASKS]
     tasks = tuple(tasks or names)
     _check_args(episodes_per_task, workers, seed, sim_cfg, tasks)
+    if recover_from is not None:   # a bad model folder fails here, once, naming the file
+        from dysl_ros.model.io import load_vla
+        load_vla(Path(recover_from))
 
     out = prepare_dataset_dir(out_dir, overwrite)
 
@@ -230,9 +256,10 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     pool = None
     if workers > 1:
         ctx = multiprocessing.get_context('spawn')
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(sim_cfg, str(out)))
+        pool = ctx.Pool(workers, initializer=_init_worker,
+                        initargs=(sim_cfg, str(out), recover_from))
     else:
-        _init_worker(sim_cfg, str(out))
+        _init_worker(sim_cfg, str(out), recover_from)
     bar = tqdm(total=0, desc='demos', unit='ep')
     try:
         while True:
@@ -282,7 +309,9 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     index = {'format': FORMAT, 'action_names': list(ACTION_NAMES),
              'cameras': list(sim_cfg.cameras), 'image_size': sim_cfg.image_size,
              'control_hz': sim_cfg.control_hz, 'seed': seed,
-             'sim_config': dataclasses.asdict(sim_cfg), 'episodes': episodes,
+             'sim_config': dataclasses.asdict(sim_cfg),
+             'recover_from': None if recover_from is None else str(recover_from),
+             'episodes': episodes,
              'per_task': per_task}
     (out / 'index.json').write_text(json.dumps(index, indent=1))
     if kept:
@@ -310,6 +339,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--tasks', nargs='+', default=None,
                         choices=[t.name for t in TASKS], help='subset of tasks (default all)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing dataset')
+    parser.add_argument('--recover-from', metavar='MODEL', default=None,
+                        help='record recovery demos: this model drives until near contact, '
+                             'then the expert takes over (only its part is kept)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -325,8 +357,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = generate(args.out, args.episodes_per_task, seed=args.seed,
                            workers=args.workers, sim_cfg=cfg, tasks=tasks,
-                           overwrite=args.overwrite)
-    except FileExistsError as e:
+                           overwrite=args.overwrite, recover_from=args.recover_from)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2
     print(f'{"task":<16} {"kept":>5} {"attempts":>8} {"failures":>8} {"mean_len":>8}')

@@ -68,6 +68,38 @@ class Expert:
         self._start = (s['handle_pos'].copy() if task.kind == 'drawer'
                        else s[f'{task.target}_pos'].copy())
 
+    def take_over(self, last_action: np.ndarray) -> None:
+        """Continue from whatever state another controller left (recovery demonstrations).
+
+        The motion profile starts from `last_action` (the speed and gripper command in force)
+        and the phase is read off the scene: aligned and open above the object -> descend,
+        closed on it -> grasp, closed beside it or low elsewhere -> retry (open, up, reach).
+        """
+        self.reset()
+        a = np.asarray(last_action, dtype=np.float64)
+        self._v, self._w, self._grip = a[:3].copy(), float(a[5]), float(np.clip(a[6], 0, 1))
+        self._phase = self.phase = self._resume_phase(self.env.state())
+
+    def _resume_phase(self, s: dict) -> str:
+        task, ee = self.env.task, s['ee_pos']
+        if task.kind == 'push':
+            block = s[f'{task.target}_pos']
+            pre = np.array([block[0] + PUSH_OFFSET, block[1]])
+            if (block[0] + 0.01 < ee[0] < pre[0] + 0.01 and abs(ee[1] - block[1]) < 0.015
+                    and ee[2] < PUSH_Z + 0.01):
+                return 'push'
+            if np.linalg.norm(ee[:2] - pre) < 0.015:
+                return 'descend'
+            return 'retry' if ee[2] < HOVER_Z - 0.02 else 'reach'
+        goal = s['handle_pos'] if task.kind == 'drawer' else s[f'{task.target}_pos']
+        aligned = float(np.linalg.norm(ee[:2] - goal[:2])) < 0.015
+        closing = self._grip > (0.75 if task.kind == 'drawer' else 0.5)
+        if closing:
+            return 'grasp' if aligned and ee[2] - goal[2] < 0.015 else 'retry'
+        if aligned:
+            return 'descend'
+        return 'retry' if ee[2] < HOVER_Z - 0.02 else 'reach'
+
     def act(self) -> np.ndarray:
         """Next action (7,) for the env's current state."""
         if self._episode != self.env.episode:
@@ -101,7 +133,9 @@ class Expert:
         self._w += float(np.clip(w_des - self._w, -alpha, alpha))
 
         self._grip += float(np.clip(grip - self._grip, -GRIP_RATE, GRIP_RATE))
-        action = np.array([*self._v, 0.0, 0.0, self._w, self._grip])
+        # level a tilt another controller left (take_over); zero in the expert's own episodes
+        tilt = -np.clip(s['target_euler'][:2], -YAW_RATE[0], YAW_RATE[0])
+        action = np.array([*self._v, *tilt, self._w, self._grip])
         arrived = (dist < 0.002 and abs(yerr) < 0.02 and abs(self._grip - grip) < 1e-9
                    and float(np.linalg.norm(self._v)) < 0.003)
         return action, arrived
@@ -230,7 +264,12 @@ def run_episode(env: TabletopEnv, seed: int, task_name: str,
     """Run one expert episode; return success, length and (if record) observations/actions."""
     task = next(t for t in TASKS if t.name == task_name)
     obs = env.reset(seed=seed, task=task)
-    expert = make_expert(env)
+    return finish_episode(env, make_expert(env), obs, seed, record)
+
+
+def finish_episode(env: TabletopEnv, expert: Expert, obs, seed: int, record: bool) -> dict:
+    """Let `expert` act from observation `obs` until the episode ends (see run_episode)."""
+    task = env.task
     images = {c: [] for c in env.cfg.cameras}
     actions, phases = [], []
     done, info = False, {'success': False}

@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..model.io import VLA_JSON, load_vla, read_json, read_tensors, save_vla, wr
 from ..model.vla import VLA
 from ..validation import require
 from .dataset import (ACTION_MIN_STD, DemoDataset, augment_images, demo_cameras,
-                      demo_instructions, demo_tokenizer, load_demos)
+                      demo_folders, demo_instructions, demo_tokenizer, load_demos)
 from .optim import check_optimiser_fields, cosine_factor
 
 CHECKPOINT = 'checkpoint'
@@ -136,7 +136,8 @@ def chunk_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kin
     return (err * w).sum() / (w.sum() * err.shape[-1]).clamp_min(1.0)
 
 
-def train_bc(vla: VLA, demos_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def train_bc(vla: VLA, demos_dir: str | os.PathLike | Sequence[str | os.PathLike],
+             out_dir: str | os.PathLike,
              cfg: BCConfig = BCConfig(), device: str = 'auto', resume: bool = True,
              time_limit_s: Optional[float] = None, stop_after: Optional[int] = None
              ) -> dict[str, Any]:
@@ -213,7 +214,7 @@ def train_bc(vla: VLA, demos_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if complete:
         save_vla(vla, out_dir)
     summary = {'complete': complete, 'step': step, 'steps': cfg.steps, 'stopped': stopped,
-               'config': cfg.to_dict(), 'demos': str(demos_dir), 'device': str(dev),
+               'config': cfg.to_dict(), 'demos': demo_folders(demos_dir), 'device': str(dev),
                'train_episodes': len(train_ids), 'val_episodes': len(val_ids),
                'train_samples': len(train_ds), 'loss': state['loss'], 'evals': state['evals']}
     write_json(out_dir / BC_JSON, summary)
@@ -306,7 +307,9 @@ def _load_checkpoint(ckpt: Path, vla: VLA, opt: torch.optim.Optimizer, gen: torc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m dysl_ros train-bc`."""
     d, m = BCConfig(), VLAConfig()
-    parser.add_argument('--demos', required=True, type=Path, help='demo folder (gen-demos)')
+    parser.add_argument('--demos', required=True, type=Path, nargs='+',
+                        help='demo folders (gen-demos); the first one\'s action statistics '
+                             'normalise, later ones (recovery demos) add episodes')
     parser.add_argument('--out', required=True, type=Path, help='model folder to write')
     parser.add_argument('--steps', type=int, default=d.steps)
     parser.add_argument('--batch-size', type=int, default=d.batch_size)
@@ -346,14 +349,14 @@ def run(args: argparse.Namespace) -> int:
         vla = load_vla(ckpt)
         print(f'resuming from {ckpt} (model settings come from the checkpoint)')
     else:
-        cameras, size = demo_cameras(args.demos)
+        cameras, size = demo_cameras(args.demos[0])
         vcfg = VLAConfig(image_size=args.image_size or size, cameras=cameras,
                          patch_size=args.patch_size, d_model=args.d_model,
                          n_layers=args.n_layers, n_heads=args.n_heads,
                          chunk_size=args.chunk_size)
         torch.manual_seed(args.seed)
-        vla = VLA(vcfg, demo_tokenizer(demo_instructions(args.demos),
-                                       vcfg.max_instruction_tokens))
+        instructions = [i for d in args.demos for i in demo_instructions(d)]
+        vla = VLA(vcfg, demo_tokenizer(instructions, vcfg.max_instruction_tokens))
     out = train_bc(vla, args.demos, args.out, cfg, device=args.device,
                    resume=not args.no_resume, time_limit_s=args.time_limit)
     last = out['evals'][-1] if out['evals'] else None

@@ -27,13 +27,32 @@ ACTION_MIN_STD = 1e-3  # std floor, as VLA.set_action_stats: constant dimensions
 _PIXEL = torch.from_numpy((np.arange(256) * (2.0 / 255.0) - 1.0).astype(np.float32))
 
 
-def load_demos(directory: str | os.PathLike) -> tuple[list[Episode], dict[str, np.ndarray]]:
-    """Every episode of a demo folder (index.json order) and its action statistics."""
+def demo_folders(directories: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """One folder or several, as a non-empty list of paths."""
+    dirs = ([directories] if isinstance(directories, (str, os.PathLike))
+            else list(directories))
+    if not dirs:
+        raise ValueError('no demo folder given')
+    return [str(d) for d in dirs]
+
+
+def load_demos(directories: str | os.PathLike | Sequence[str | os.PathLike]
+               ) -> tuple[list[Episode], dict[str, np.ndarray]]:
+    """Every episode of one or more demo folders (in order), and the action statistics of
+    the first: extra folders (recovery demos) add samples, not a new normalisation."""
     from ..sim.demos import iter_episodes, load_stats
-    episodes = list(iter_episodes(directory))
-    if not episodes:
-        raise ValueError(f'{directory}: the demo folder holds no episodes')
-    return episodes, load_stats(directory)
+    dirs = demo_folders(directories)
+    cameras = demo_cameras(dirs[0])[0]
+    episodes = []
+    for d in dirs:
+        if demo_cameras(d)[0] != cameras:
+            raise ValueError(f'{d}: cameras {demo_cameras(d)[0]} differ from {dirs[0]}\'s '
+                             f'{cameras}')
+        found = list(iter_episodes(d))
+        if not found:
+            raise ValueError(f'{d}: the demo folder holds no episodes')
+        episodes += found
+    return episodes, load_stats(dirs[0])
 
 
 def demo_instructions(directory: str | os.PathLike) -> list[str]:
