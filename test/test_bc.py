@@ -171,6 +171,14 @@ def test_cli_train_calibrate_distill(demos, tmp_path):
     assert guidance == calib['guidance']
     hist = read_json(model / distill.DISTILL_JSON)
     assert len(hist['stage1']['loss']) == 6 and len(hist['stage2']['loss']) == 6
+    # A hand-set tau replaces the calibrated one in the guidance; the calibrated one is kept.
+    assert _cli(calibrate, ['--model-dir', model, '--demos', demos, '--samples', 16,
+                            '--batch-size', 8, '--device', 'cpu', '--quiet',
+                            '--guidance', 'tau=0.4']) == 0
+    again = read_json(model / calibrate.CALIBRATION_JSON)
+    assert again['guidance']['tau'] == 0.4 and again['tau_calibrated'] == calib['guidance']['tau']
+    assert load_dysl(model, load_vla(model))[1]['tau'] == 0.4
+    assert 'set by --guidance' in calibrate.format_calibration(again)
 
 
 def test_tau_from_the_model_sees_its_predicted_chunks(demos):

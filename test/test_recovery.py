@@ -129,3 +129,13 @@ def test_gen_demos_refuses_a_bad_model_folder_naming_the_file(tmp_path, capsys):
     assert run(args) == 2
     assert 'nowhere/vla.json' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_gen_demos_refuses_more_open_loop_steps_than_the_chunk(recovery, tmp_path, capsys):
+    model, _ = recovery
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(['--out', str(tmp_path / 'out'), '--recover-from', str(model),
+                              '--open-loop-steps', str(TINY.chunk_size + 1)])
+    assert run(args) == 2
+    assert f'expected 1..{TINY.chunk_size}' in capsys.readouterr().err

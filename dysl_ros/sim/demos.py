@@ -48,7 +48,7 @@ from tqdm import tqdm
 from dysl_ros.datasets import prepare_dataset_dir
 from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
 from dysl_ros.sim.expert import run_episode
-from dysl_ros.sim.recovery import run_recovery_episode
+from dysl_ros.sim.recovery import OPEN_LOOP_STEPS, run_recovery_episode
 from dysl_ros.sim.tasks import TASKS
 
 FORMAT = 'dysl_ros.demos/1'
@@ -173,7 +173,8 @@ def save_episode(path: str | os.PathLike, rec: dict) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = None) -> None:
+def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = None,
+                 open_loop_steps: int = OPEN_LOOP_STEPS) -> None:
     env = TabletopEnv(sim_cfg)
     multiprocessing.util.Finalize(env, env.close, exitpriority=10)
     policy = None
@@ -182,13 +183,14 @@ def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = No
         from dysl_ros.runtime.methods import make_policy
         torch.set_num_threads(1)   # one thread per worker process
         policy = make_policy('full', Path(recover_from))
-    _WORKER.update(env=env, out=Path(out_dir), policy=policy)
+    _WORKER.update(env=env, out=Path(out_dir), policy=policy, open_loop_steps=open_loop_steps)
 
 
 def _run_job(job: tuple[str, int]) -> dict:
     task, seed = job
     if _WORKER['policy'] is not None:
-        rec = run_recovery_episode(_WORKER['env'], _WORKER['policy'], seed, task)
+        rec = run_recovery_episode(_WORKER['env'], _WORKER['policy'], seed, task,
+                                   _WORKER['open_loop_steps'])
     else:
         rec = run_episode(_WORKER['env'], seed, task, record=True)
     meta = {k: rec[k] for k in ('task', 'instruction', 'seed', 'length', 'success')}
@@ -228,11 +230,13 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimCon
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              workers: int = 1, sim_cfg: SimConfig | None = None,
              tasks: tuple[str, ...] | None = None, overwrite: bool = False,
-             recover_from: str | os.PathLike | None = None) -> dict:
+             recover_from: str | os.PathLike | None = None,
+             open_loop_steps: int = OPEN_LOOP_STEPS) -> dict:
     """Write `episodes_per_task` successful expert episodes per task; return a summary.
 
     With recover_from (a model folder), each episode is a recovery demonstration: the model
-    drives until near contact, then the expert takes over (sim/recovery.py).
+    drives until near contact, executing `open_loop_steps` actions of each chunk, then the
+    expert takes over (sim/recovery.py).
 
     Failed expert episodes are dropped, counted and replaced by new seeds (at most
     2 * episodes_per_task + 10 attempts per task). workers > 1 uses spawned processes, each
@@ -244,7 +248,10 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     _check_args(episodes_per_task, workers, seed, sim_cfg, tasks)
     if recover_from is not None:   # a bad model folder fails here, once, naming the file
         from dysl_ros.model.io import load_vla
-        load_vla(Path(recover_from))
+        chunk = load_vla(Path(recover_from)).cfg.chunk_size
+        if not 1 <= open_loop_steps <= chunk:
+            raise ValueError(f'open_loop_steps={open_loop_steps} is invalid: expected 1..{chunk}'
+                             f' (the chunk size of {recover_from})')
 
     out = prepare_dataset_dir(out_dir, overwrite)
 
@@ -257,9 +264,9 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     if workers > 1:
         ctx = multiprocessing.get_context('spawn')
         pool = ctx.Pool(workers, initializer=_init_worker,
-                        initargs=(sim_cfg, str(out), recover_from))
+                        initargs=(sim_cfg, str(out), recover_from, open_loop_steps))
     else:
-        _init_worker(sim_cfg, str(out), recover_from)
+        _init_worker(sim_cfg, str(out), recover_from, open_loop_steps)
     bar = tqdm(total=0, desc='demos', unit='ep')
     try:
         while True:
@@ -311,6 +318,7 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              'control_hz': sim_cfg.control_hz, 'seed': seed,
              'sim_config': dataclasses.asdict(sim_cfg),
              'recover_from': None if recover_from is None else str(recover_from),
+             'open_loop_steps': None if recover_from is None else open_loop_steps,
              'episodes': episodes,
              'per_task': per_task}
     (out / 'index.json').write_text(json.dumps(index, indent=1))
@@ -342,6 +350,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--recover-from', metavar='MODEL', default=None,
                         help='record recovery demos: this model drives until near contact, '
                              'then the expert takes over (only its part is kept)')
+    parser.add_argument('--open-loop-steps', type=int, default=OPEN_LOOP_STEPS,
+                        help='with --recover-from: actions of each chunk the model executes '
+                             'before its next inference')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = generate(args.out, args.episodes_per_task, seed=args.seed,
                            workers=args.workers, sim_cfg=cfg, tasks=tasks,
-                           overwrite=args.overwrite, recover_from=args.recover_from)
+                           overwrite=args.overwrite, recover_from=args.recover_from,
+                           open_loop_steps=args.open_loop_steps)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ cruising and change abruptly at grasp and release, the continuity structure DySL
 After each act(), `expert.phase` names the phase that produced the action: 'reach', 'descend',
 'grasp', 'lift', 'hold' (pick), 'push' (push), 'pull', 'release' (drawer), or 'retry' (the
 grasp or the push contact was lost: back up to hover height and reach again).
+`take_over(last_action)` continues from a state another controller left (recovery demos).
 
     python -m dysl_ros.sim.expert --episodes 50            # per-task success, no rendering
     python -m dysl_ros.sim.expert --episodes 10 --render   # with 64 px front + wrist cameras

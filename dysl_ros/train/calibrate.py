@@ -110,7 +110,7 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
     full-depth model predicts on demo observations, `executed_actions` of each chunk (0: all)
     per inference, over `tau_episodes` episodes. 'demos' uses the expert's actions. Both see
     the demos' states; in closed loop a policy meets its own, and its actions may jitter more
-    there (the default model: 0.125 here, 0.3 needed in closed loop), so check tau with
+    there (the default model: 0.13 here, 0.4 chosen in closed loop), so check tau with
     `bench closed-loop --guidance tau=...` before shipping it."""
     from ..guidance import GuidanceConfig, calibrate_tau
     from .dataset import EmbeddedBatches
@@ -183,7 +183,9 @@ def format_calibration(calib: dict[str, Any]) -> str:
               for i, s in enumerate(calib['similarity'])]
     lines.append(f'static {sorted(static)} of {len(calib["similarity"])}; '
                  f'tau = {calib["guidance"]["tau"]:.4g} (K = {calib["guidance"]["history"]}, '
-                 f'from the {calib.get("tau_from", "demos")}\'s actions)')
+                 + (f'set by --guidance; calibrated {calib["tau_calibrated"]:.4g})'
+                    if 'tau' in calib.get('guidance_overrides', {})
+                    else f'from the {calib.get("tau_from", "demos")}\'s actions)'))
     return '\n'.join(lines)
 
 
@@ -209,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="demo episodes the 'model' tau is calibrated on")
     parser.add_argument('--guidance', nargs='+', default=[], metavar='KEY=VALUE',
                         help='guidance settings to store instead of the defaults, e.g. '
-                             'drop_margin=1.0 executed_actions=4 (executed_actions also sets '
+                             'drop_margin=1.0 executed_actions=8 (executed_actions also sets '
                              'how the model tau is measured; a tau given here replaces the '
                              'calibrated one); also refreshes dysl.json when the DySL parts '
                              'exist')
@@ -234,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
                             executed_actions=overrides.get('executed_actions', 0),
                             tau_episodes=args.tau_episodes)
     calib['demos'] = str(args.demos)
+    calib['tau_calibrated'] = calib['guidance']['tau']   # kept when --guidance sets tau
     calib['guidance'] = dataclasses.asdict(
         dataclasses.replace(GuidanceConfig(**calib['guidance']), **overrides))
     calib['guidance_overrides'] = overrides
