@@ -8,8 +8,8 @@ lets the expert finish from there (`Expert.take_over`). Only the expert's part i
 the demo format, with `takeover_step` saying where it began; the seed, the model and that
 step replay it exactly.
 
-    python -m dysl_ros gen-demos --out data/recovery --recover-from models/default \\
-        --episodes-per-task 150 --seed 1 --tasks pick_red pick_blue open_drawer
+    python -m dysl_ros gen-demos --out data/recovery --recover-from runs/default \\
+        --open-loop-steps 8 --episodes-per-task 400 --seed 1
 """
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def format_calibration(calib: dict[str, Any]) -> str:
               for i, s in enumerate(calib['similarity'])]
     lines.append(f'static {sorted(static)} of {len(calib["similarity"])}; '
                  f'tau = {calib["guidance"]["tau"]:.4g} (K = {calib["guidance"]["history"]}, '
-                 + (f'set by --guidance; calibrated {calib["tau_calibrated"]:.4g})'
+                 + (f'set by --guidance; calibrated {calib.get("tau_calibrated", float("nan")):.4g})'
                     if 'tau' in calib.get('guidance_overrides', {})
                     else f'from the {calib.get("tau_from", "demos")}\'s actions)'))
     return '\n'.join(lines)
