@@ -45,9 +45,9 @@ def load_demos(directories: str | os.PathLike | Sequence[str | os.PathLike]
     cameras = demo_cameras(dirs[0])[0]
     episodes = []
     for d in dirs:
-        if demo_cameras(d)[0] != cameras:
-            raise ValueError(f'{d}: cameras {demo_cameras(d)[0]} differ from {dirs[0]}\'s '
-                             f'{cameras}')
+        found_cameras = demo_cameras(d)[0]
+        if found_cameras != cameras:
+            raise ValueError(f'{d}: cameras {found_cameras} differ from {dirs[0]}\'s {cameras}')
         found = list(iter_episodes(d))
         if not found:
             raise ValueError(f'{d}: the demo folder holds no episodes')
