@@ -1,14 +1,16 @@
 """Behaviour cloning on a tiny simulator-generated demo set, and the train CLIs end to end."""
 import argparse
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from dysl_ros.model import VLA, VLAConfig
-from dysl_ros.model.io import load_dysl, load_vla, read_json
+from dysl_ros.model.io import load_dysl, load_vla, read_json, save_vla
 from dysl_ros.model.processing import preprocess_images
+from dysl_ros.model.tokenizer import WordTokenizer
 from dysl_ros.sim.demos import generate, load_stats
 from dysl_ros.sim.env import SimConfig
 from dysl_ros.train import bc, calibrate, distill
@@ -133,6 +135,43 @@ def test_resume_refuses_changed_settings(demos, tmp_path):
                 demo_tokenizer(demo_instructions(demos), TINY.max_instruction_tokens))
     with pytest.raises(ValueError, match='different model'):
         train_bc(other, demos, tmp_path, FAST, device='cpu')
+
+
+def test_fine_tune_starts_from_the_saved_model(demos, tmp_path):
+    """--init-from takes the saved model's weights, settings, vocabulary and action
+    statistics, whatever the model options and the demos' statistics say."""
+    base = tiny_vla(demos, seed=7)
+    stats = load_stats(demos)
+    base.set_action_stats(stats['mean'] + 0.5, stats['std'] * 2.0)  # not the demos' stats
+    save_vla(base, tmp_path / 'base')
+    assert _cli(bc, ['--demos', demos, '--out', tmp_path / 'tuned', '--init-from',
+                     tmp_path / 'base', '--steps', 2, '--lr', 1e-9, '--warmup-steps', 1,
+                     '--batch-size', 4, '--n-layers', 5, '--device', 'cpu', '--quiet']) == 0
+    tuned = load_vla(tmp_path / 'tuned')
+    assert tuned.cfg == base.cfg and tuned.tokenizer.vocab == base.tokenizer.vocab
+    for (k, v), v2 in zip(base.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(v2, v, atol=1e-6, rtol=0, msg=f'{k} did not start from base')
+    hist = read_json(tmp_path / 'tuned' / bc.BC_JSON)
+    assert hist['init_from']['model'] == str(tmp_path / 'base')
+    # A fresh start from the same command takes the demos' statistics instead.
+    assert _cli(bc, ['--demos', demos, '--out', tmp_path / 'fresh', '--steps', 2,
+                     '--batch-size', 4, '--device', 'cpu', '--quiet']) == 0
+    fresh = load_vla(tmp_path / 'fresh')
+    torch.testing.assert_close(fresh.action_mean, torch.from_numpy(stats['mean']))
+    assert read_json(tmp_path / 'fresh' / bc.BC_JSON)['init_from'] is None
+
+
+def test_fine_tune_refuses_demos_the_model_cannot_read(demos, tmp_path):
+    words = VLA(TINY, WordTokenizer.from_words(['pick', 'up'], TINY.max_instruction_tokens))
+    save_vla(words, tmp_path / 'words')
+    with pytest.raises(ValueError, match=re.escape(f'{demos}: instruction words [')
+                       + r".*'drawer'.*\] are not in the vocabulary"):
+        bc.fine_tune_start(tmp_path / 'words', [demos])
+    one_camera = VLA(dataclasses.replace(TINY, cameras=('front',)),
+                     demo_tokenizer(demo_instructions(demos), TINY.max_instruction_tokens))
+    save_vla(one_camera, tmp_path / 'one')
+    with pytest.raises(ValueError, match=r"cameras \['front', 'wrist'\].*takes \['front'\]"):
+        bc.fine_tune_start(tmp_path / 'one', [demos])
 
 
 @pytest.mark.parametrize('field, value', [

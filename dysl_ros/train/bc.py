@@ -65,6 +65,8 @@ class BCConfig:
         eval_every: steps between validation passes (and history entries).
         checkpoint_every: steps between checkpoints.
         amp: bfloat16 autocast on CUDA (ignored on the CPU).
+        model_action_stats: normalise actions with the statistics the model already holds
+            (fine-tuning a trained model) instead of the first demo folder's.
         seed: seeds initialisation-independent randomness: split, sampling, augmentation.
         progress: show tqdm progress bars.
     """
@@ -87,6 +89,7 @@ class BCConfig:
     eval_every: int = 500
     checkpoint_every: int = 1000
     amp: bool = True
+    model_action_stats: bool = False
     seed: int = 0
     progress: bool = True
 
@@ -139,16 +142,19 @@ def chunk_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kin
 def train_bc(vla: VLA, demos_dir: str | os.PathLike | Sequence[str | os.PathLike],
              out_dir: str | os.PathLike,
              cfg: BCConfig = BCConfig(), device: str = 'auto', resume: bool = True,
-             time_limit_s: Optional[float] = None, stop_after: Optional[int] = None
-             ) -> dict[str, Any]:
+             time_limit_s: Optional[float] = None, stop_after: Optional[int] = None,
+             init_from: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Train `vla` on the demonstrations; returns the history (also written to bc.json).
 
     A run stops early, with a checkpoint, after time_limit_s seconds or stop_after steps
-    of this call; with resume, a later call continues from `<out>/checkpoint`.
+    of this call; with resume, a later call continues from `<out>/checkpoint`. init_from
+    names the saved model a fine-tuning run started from, for the history.
     """
     out_dir = Path(out_dir)
     dev = pick_device(device)
     episodes, stats = load_demos(demos_dir)
+    if cfg.model_action_stats:
+        stats = {'mean': vla.action_mean.cpu().numpy(), 'std': vla.action_std.cpu().numpy()}
     train_ids, val_ids = split_episodes(len(episodes), cfg.val_fraction, cfg.seed)
     train_ds = DemoDataset.for_model([episodes[i] for i in train_ids], stats, vla)
     val_ds = (DemoDataset.for_model([episodes[i] for i in val_ids], stats, vla)
@@ -214,11 +220,22 @@ def train_bc(vla: VLA, demos_dir: str | os.PathLike | Sequence[str | os.PathLike
     if complete:
         save_vla(vla, out_dir)
     summary = {'complete': complete, 'step': step, 'steps': cfg.steps, 'stopped': stopped,
-               'config': cfg.to_dict(), 'demos': demo_folders(demos_dir), 'device': str(dev),
+               'config': cfg.to_dict(), 'demos': demo_folders(demos_dir),
+               'init_from': _provenance(init_from), 'device': str(dev),
                'train_episodes': len(train_ids), 'val_episodes': len(val_ids),
                'train_samples': len(train_ds), 'loss': state['loss'], 'evals': state['evals']}
     write_json(out_dir / BC_JSON, summary)
     return summary
+
+
+def _provenance(init_from: Optional[str | os.PathLike]) -> Optional[dict[str, Any]]:
+    """The starting model of a fine-tuning run and, from its bc.json, how it was trained."""
+    if init_from is None:
+        return None
+    path = Path(init_from) / BC_JSON
+    prior = read_json(path) if path.is_file() else {}
+    return {'model': str(init_from), 'steps': prior.get('steps'), 'demos': prior.get('demos'),
+            'init_from': prior.get('init_from')}
 
 
 @torch.no_grad()
@@ -279,8 +296,9 @@ def _load_checkpoint(ckpt: Path, vla: VLA, opt: torch.optim.Optimizer, gen: torc
                      cfg: BCConfig) -> dict[str, Any]:
     state = read_json(ckpt / STATE_JSON)
     saved = dict(state.pop('config'))
+    defaults = BCConfig().to_dict()  # a field newer than the checkpoint had its default
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+                     if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
     if changed:
         raise ValueError(f'{ckpt}: cannot resume with changed settings '
                          f'{ {k: (saved.get(k), getattr(cfg, k)) for k in changed} }; '
@@ -300,6 +318,24 @@ def _load_checkpoint(ckpt: Path, vla: VLA, opt: torch.optim.Optimizer, gen: torc
     opt.load_state_dict(osd)
     gen.set_state(read_tensors(ckpt / STATE_WEIGHTS)['rng'])
     return state
+
+
+def fine_tune_start(model_dir: str | os.PathLike,
+                    demos_dir: Sequence[str | os.PathLike]) -> VLA:
+    """The saved VLA in `model_dir`, checked against the demonstrations it will be tuned on:
+    the same cameras and no instruction word outside its vocabulary."""
+    vla = load_vla(Path(model_dir))
+    for d in demos_dir:
+        cameras, _ = demo_cameras(d)
+        if tuple(cameras) != tuple(vla.cfg.cameras):
+            raise ValueError(f'{d}: demos recorded with cameras {list(cameras)}, but the model '
+                             f'in {model_dir} takes {list(vla.cfg.cameras)}')
+        unknown = sorted({w for text in demo_instructions(d)
+                          for w in vla.tokenizer.unknown_words(text)})
+        if unknown:
+            raise ValueError(f'{d}: instruction words {unknown} are not in the vocabulary of '
+                             f'{model_dir}; train a new model instead of fine-tuning')
+    return vla.train()
 
 
 # -- CLI -----------------------------------------------------------------------------------
@@ -334,6 +370,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='stop with a checkpoint after this long; rerun to resume')
     parser.add_argument('--no-resume', action='store_true',
                         help='start over even if <out>/checkpoint exists')
+    parser.add_argument('--init-from', type=Path, default=None, metavar='MODEL',
+                        help='fine-tune: start from this saved VLA (its weights, settings, '
+                             'vocabulary and action statistics) with a fresh optimiser and '
+                             'schedule; --n-layers ... --image-size are then ignored')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -343,11 +383,15 @@ def run(args: argparse.Namespace) -> int:
                    warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                    loss=args.loss, augment=not args.no_augment, val_fraction=args.val_fraction,
                    eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                   seed=args.seed, progress=not args.quiet)
+                   model_action_stats=args.init_from is not None, seed=args.seed,
+                   progress=not args.quiet)
     ckpt = Path(args.out) / CHECKPOINT
     if not args.no_resume and (ckpt / STATE_JSON).is_file():
         vla = load_vla(ckpt)
         print(f'resuming from {ckpt} (model settings come from the checkpoint)')
+    elif args.init_from is not None:
+        vla = fine_tune_start(args.init_from, args.demos)
+        print(f'fine-tuning {args.init_from} (model settings come from it)')
     else:
         cameras, size = demo_cameras(args.demos[0])
         vcfg = VLAConfig(image_size=args.image_size or size, cameras=cameras,
@@ -358,7 +402,8 @@ def run(args: argparse.Namespace) -> int:
         instructions = [i for d in args.demos for i in demo_instructions(d)]
         vla = VLA(vcfg, demo_tokenizer(instructions, vcfg.max_instruction_tokens))
     out = train_bc(vla, args.demos, args.out, cfg, device=args.device,
-                   resume=not args.no_resume, time_limit_s=args.time_limit)
+                   resume=not args.no_resume, time_limit_s=args.time_limit,
+                   init_from=args.init_from)
     last = out['evals'][-1] if out['evals'] else None
     if out['complete']:
         print(f'trained {out["steps"]} steps; wrote {args.out}'
