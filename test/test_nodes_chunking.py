@@ -123,8 +123,28 @@ def test_names_are_reordered_and_wrong_names_or_values_rejected():
     bad = a.copy()
     bad[1, 2] = np.nan
     assert ex.add(10.0, NAMES, bad, now=10.0) == 'non_finite'
-    assert ex.add(10.0, NAMES, a, now=10.0, dt=0.1) == 'period'
+    assert ex.add(10.0, NAMES, a, now=10.0, times=np.arange(4) * 0.1) == 'period'
     assert ex.add(10.0, NAMES, a[:, :5], now=10.0) == 'shape'
+
+
+def test_implausible_stamps_and_malformed_schedules_are_refused():
+    ex = ChunkExecutor(ChunkExecutorConfig(max_future_stamp=0.25, max_chunk_points=16))
+    a, times = chunk(4), np.arange(4) * DT
+    assert ex.add(10.0, NAMES, a, now=10.0, times=times) is None
+    assert ex.add(-1.0, NAMES, a, now=10.0, times=times) == 'stamp'
+    assert ex.add(float('nan'), NAMES, a, now=10.0, times=times) == 'stamp'
+    assert ex.add(1010.0, NAMES, a, now=10.0, times=times) == 'future'
+    assert ex.add(10.3, NAMES, a, now=10.0, times=times) == 'future'
+    assert ex.add(10.2, NAMES, a, now=10.0, times=times) is None  # within max_future_stamp
+    assert ex.add(10.0, NAMES, chunk(17), now=10.0) == 'too_long'
+    assert ex.add(10.0, NAMES, chunk(16), now=10.0) is None
+    for bad in ([0, DT, DT, 3 * DT],  # only the first step is right
+                [0, DT, 3 * DT, 2 * DT],  # not increasing
+                [-DT, 0, DT, 2 * DT],  # starts before the observation
+                [0, DT, 2 * DT]):  # one time short
+        assert ex.add(10.0, NAMES, a, now=10.0, times=bad) == 'period', bad
+    assert ex.add(10.0, NAMES, a, now=10.0, times=times + 0.5 * DT) is None
+    assert ex.stats.dropped == {'stamp': 2, 'future': 2, 'too_long': 1, 'period': 4}
 
 
 def test_commands_are_clipped_to_the_limits():

@@ -58,7 +58,7 @@ def _qos(reliable: bool, depth: int) -> Any:
 def offered_qos(msgtype: str, topic: str) -> Any:
     """The QoS the nodes publish `msgtype` with (dysl_ros.nodes.qos)."""
     if msgtype in IMAGE_TYPES:
-        return _qos(False, 1)  # SENSOR_QOS
+        return _qos(True, 1)  # CAMERA_QOS (ros2 bag play then matches the policy node)
     if msgtype == MSG_CHUNK:
         return _qos(True, 1)  # CHUNK_QOS
     if msgtype == MSG_COMMAND:

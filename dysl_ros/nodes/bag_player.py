@@ -45,7 +45,7 @@ from ..bags.replay import ChunkArrays, episode_record, recorded_stats, step_reco
 from ..bags.topics import MSG_CHUNK, MSG_COMPRESSED, MSG_STRING, TopicMap
 from ..validation import require
 from .launcher import LocalLaunch, wait_for
-from .qos import CLOCK_QOS, INSTRUCTION_QOS, RECORD_QOS, SENSOR_QOS
+from .qos import CAMERA_QOS, CLOCK_QOS, INSTRUCTION_QOS, RECORD_QOS
 
 LIVE_BAG = 'live_bag'
 
@@ -210,7 +210,7 @@ def _run_graph(data: BagData, outgoing: list, stats_topic: str, cfg: LiveConfig,
                               cli_args=_remaps(topics))
         player = launch.add(rclpy.create_node, node_name='dysl_bag_replay')
         pubs = {t: player.create_publisher(CompressedImage if m == MSG_COMPRESSED else Image,
-                                           t, SENSOR_QOS) for t, m in types.items()}
+                                           t, CAMERA_QOS) for t, m in types.items()}
         instruction_pub = player.create_publisher(String, topics.instruction, INSTRUCTION_QOS)
         clock_pub = player.create_publisher(Clock, '/clock', CLOCK_QOS)
         player.create_subscription(JointTrajectory, topics.chunk,

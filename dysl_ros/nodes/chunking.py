@@ -10,9 +10,12 @@ chunk then advances one action per tick.
 - mode 'ensemble': temporal ensembling (ACT): every chunk still covering this tick votes,
   weighted exp(-ensemble_decay * i) with i = 0 for the oldest vote.
 
-A chunk is dropped when its observation is older than max_chunk_age on arrival, when it
-predates the current episode, when its joint names differ from the configured ones, or when
-any value is not finite. With nothing to execute the executor holds: zero for every delta
+A chunk is dropped (the reason is counted) when its stamp is negative or more than
+max_future_stamp ahead of the clock, when its observation is older than max_chunk_age on
+arrival, when it predates the current episode, when its joint names differ from the
+configured ones, when it has more than max_chunk_points actions, when its actions are not
+spaced one control period apart (time_from_start strictly increasing by dt from a start in
+[0, dt)), or when any value is not finite. With nothing to execute the executor holds: zero for every delta
 joint and the last commanded value for absolute joints (the gripper).
 """
 from __future__ import annotations
@@ -50,6 +53,9 @@ class ChunkExecutorConfig:
             all others are deltas (held at zero).
         initial_absolute: hold values of absolute_joints before any command of an episode.
         latency_compensation: start a late chunk at floor(delay / dt) instead of action 0.
+        max_future_stamp: seconds; a chunk stamped further ahead of the clock is dropped
+            (its sender's clock is wrong: executing it would replay its actions late).
+        max_chunk_points: most actions a chunk may carry.
     """
 
     joint_names: tuple[str, ...] = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
@@ -62,6 +68,8 @@ class ChunkExecutorConfig:
     absolute_joints: tuple[str, ...] = ('gripper',)
     initial_absolute: tuple[float, ...] = (0.0,)
     latency_compensation: bool = True
+    max_future_stamp: float = 0.25
+    max_chunk_points: int = 1000
 
     def __post_init__(self) -> None:
         for name in ('joint_names', 'lower_limits', 'upper_limits', 'absolute_joints',
@@ -87,6 +95,10 @@ class ChunkExecutorConfig:
                  self.absolute_joints, f'names from joint_names={self.joint_names}')
         require(len(self.initial_absolute) == len(self.absolute_joints), 'initial_absolute',
                  self.initial_absolute, f'one value per absolute joint {self.absolute_joints}')
+        require(0.0 <= self.max_future_stamp <= 60.0, 'max_future_stamp',
+                 self.max_future_stamp, '[0, 60] s')
+        require(1 <= self.max_chunk_points <= 100000, 'max_chunk_points',
+                 self.max_chunk_points, '1 to 100000')
 
     @property
     def dt(self) -> float:
@@ -143,14 +155,14 @@ class ChunkExecutor:
         self._active.clear()
 
     def add(self, stamp: float, names: Sequence[str], actions: np.ndarray, now: float,
-            dt: Optional[float] = None) -> Optional[str]:
+            times: Optional[Sequence[float]] = None) -> Optional[str]:
         """Offer a chunk (H, D) observed at `stamp`; returns None if accepted, else why not.
 
-        dt is the chunk's action period (its time_from_start spacing); it must match the
-        control period, since the executor runs one action per tick.
+        times are its actions' time_from_start (seconds, H values): one control period
+        apart, since the executor runs one action per tick.
         """
         self.stats.received += 1
-        reason = self._check(stamp, names, actions, now, dt)
+        reason = self._check(stamp, names, actions, now, times)
         if reason is not None:
             self.stats.dropped[reason] += 1
             return reason
@@ -199,21 +211,34 @@ class ChunkExecutor:
         self._last = np.where(self._absolute, clipped, self._last)
         return clipped, False
 
+    def _evenly_spaced(self, times: np.ndarray, n: int) -> bool:
+        """time_from_start = t0 + i * dt for every action, with 0 <= t0 < dt."""
+        dt, tol = self.cfg.dt, 1e-3 * self.cfg.dt + 1e-6
+        if times.shape != (n,) or not (-tol <= times[0] < dt - tol):
+            return False
+        return bool(np.all(np.abs(times - times[0] - dt * np.arange(n)) <= tol))
+
     @property
     def busy(self) -> bool:
         """Whether a chunk still has actions to run."""
         return any(c.cursor < len(c.actions) for c in self._active)
 
     def _check(self, stamp: float, names: Sequence[str], actions: np.ndarray, now: float,
-               dt: Optional[float]) -> Optional[str]:
+               times: Optional[Sequence[float]]) -> Optional[str]:
         a = np.asarray(actions)
+        if not math.isfinite(stamp) or stamp < 0:
+            return 'stamp'
+        if stamp > now + self.cfg.max_future_stamp:
+            return 'future'
         if sorted(names) != sorted(self.cfg.joint_names):
             return 'joint_names'
+        if a.ndim == 2 and a.shape[0] > self.cfg.max_chunk_points:
+            return 'too_long'
         if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != len(self.cfg.joint_names):
             return 'shape'
         if not np.all(np.isfinite(a)):
             return 'non_finite'
-        if dt is not None and abs(dt - self.cfg.dt) > 1e-3 * self.cfg.dt + 1e-6:
+        if times is not None and not self._evenly_spaced(np.asarray(times, np.float64), len(a)):
             return 'period'
         if self._episode_start is not None and stamp < self._episode_start:
             return 'previous_episode'

@@ -12,9 +12,11 @@ Topics (relative names):
                 /diagnostics   diagnostic_msgs/DiagnosticArray at diagnostics_rate
     services    ~/reset        std_srvs/Trigger: a new episode
 
-How chunks are scheduled, blended (mode: replace or ensemble), dropped (older than
-max_chunk_age, from a previous episode, wrong names, non-finite) and held is
-dysl_ros.nodes.chunking.ChunkExecutor; this node only moves messages. A hold is zero for
+How chunks are scheduled, blended (mode: replace or ensemble), dropped (negative or future
+stamps, older than max_chunk_age, from a previous episode, wrong names or sizes, too many
+points, uneven time_from_start, non-finite) and held is dysl_ros.nodes.chunking.ChunkExecutor;
+this node only moves messages. Every drop is counted by reason in /diagnostics and logged
+(throttled); no message can stop the node. A hold is zero for
 every delta joint and the last command for absolute joints (the gripper); the node publishes
 a command every tick, hold or not.
 """
@@ -27,7 +29,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.time import Time
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -62,6 +63,11 @@ PARAMS = (
           'joint before the first command of an episode', read_only=True),
     Param('latency_compensation', True, 'start a late chunk at the action for now, '
           'floor((now - stamp) / dt), instead of its first action', read_only=True),
+    Param('max_future_stamp', _DEFAULT.max_future_stamp, 'seconds; a chunk stamped further '
+          'ahead of this node\'s clock is dropped (its sender\'s clock is wrong)', 0.0, 60.0,
+          read_only=True),
+    Param('max_chunk_points', _DEFAULT.max_chunk_points, 'a chunk with more actions is dropped',
+          1, 100000, read_only=True),
     Param('diagnostics_rate', 1.0, 'Hz of /diagnostics', 0.01, 100.0, read_only=True),
 )
 
@@ -74,7 +80,9 @@ def executor_config(values: dict) -> ChunkExecutorConfig:
         max_chunk_age=values['max_chunk_age'], lower_limits=values['lower_limits'],
         upper_limits=values['upper_limits'], absolute_joints=values['absolute_joints'],
         initial_absolute=values['initial_absolute'],
-        latency_compensation=values['latency_compensation'])
+        latency_compensation=values['latency_compensation'],
+        max_future_stamp=values['max_future_stamp'],
+        max_chunk_points=values['max_chunk_points'])
 
 
 class ControllerNode(Node):
@@ -116,15 +124,15 @@ class ControllerNode(Node):
                 self.chunks.stop()
             self.get_logger().info('empty chunk: stop and hold')
             return
-        actions = np.array([p.positions for p in msg.points], dtype=np.float64) \
-            if all(len(p.positions) == len(msg.joint_names) for p in msg.points) \
-            else np.zeros((0, 0))
-        dt = _duration(msg.points[1].time_from_start) - _duration(msg.points[0].time_from_start) \
-            if len(msg.points) > 1 else None
-        stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9  # may be negative
+        points = msg.points[:self.cfg.max_chunk_points + 1]  # enough to refuse a long one
+        n = len(self.cfg.joint_names)
+        actions = np.array([p.positions for p in points], dtype=np.float64) \
+            if all(len(p.positions) == n for p in points) else np.zeros((len(points), 0))
+        times = [_duration(p.time_from_start) for p in points]
         with self._lock:
             now = self._now()
-            reason = self.chunks.add(stamp, list(msg.joint_names), actions, now, dt)
+            reason = self.chunks.add(stamp, list(msg.joint_names), actions, now, times)
         if reason is not None:
             self._log_drop(reason, f'chunk dropped ({reason}): stamp {stamp:.3f}, now '
                            f'{now:.3f}, names {list(msg.joint_names)}, {len(msg.points)} points')

@@ -2,12 +2,15 @@
 
 cv_bridge is used where it imports (the robot); otherwise (PyPI ROS, where no working
 cv_bridge exists) a numpy conversion handles rgb8, bgr8, rgba8, bgra8, mono8 and mono16,
-honouring `step` (row padding) and `is_bigendian` (16-bit data). CompressedImage goes through
-OpenCV. Every failure is an ImageConversionError whose `kind` a node counts in diagnostics.
+honouring `step` (row padding) and `is_bigendian` (16-bit data). CompressedImage (PNG or
+JPEG, what compressed_image_transport sends) goes through OpenCV once its header says the
+image fits MAX_SIDE: a few hundred kilobytes of PNG can decode to gigabytes. Every failure is
+an ImageConversionError whose `kind` a node counts in diagnostics.
 """
 from __future__ import annotations
 
 import array
+import struct
 from typing import Any, Optional
 
 import cv2
@@ -83,11 +86,37 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ImageConversionError('decode', f'empty CompressedImage (format {msg.format!r})')
+    w, h = encoded_size(data.tobytes())
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise ImageConversionError('size', f'compressed image of {w}x{h} refused before '
+                                   f'decoding: expected 1 to {MAX_SIDE} pixels a side')
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageConversionError('decode', f'OpenCV cannot decode {data.size} bytes of '
                                    f'format {msg.format!r}')
     return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def encoded_size(head: bytes) -> tuple[int, int]:
+    """(width, height) from the header of PNG or JPEG bytes, without decoding them."""
+    if head[:8] == b'\x89PNG\r\n\x1a\n':
+        if len(head) < 24 or head[12:16] != b'IHDR':
+            raise ImageConversionError('decode', 'PNG without an IHDR header')
+        return struct.unpack('>II', head[16:24])
+    if head[:2] == b'\xff\xd8':
+        i = 2
+        while i + 9 <= len(head):  # segments: FF marker, 2-byte length, payload
+            if head[i] != 0xFF:
+                break
+            marker, length = head[i + 1], struct.unpack('>H', head[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                h, w = struct.unpack('>HH', head[i + 5:i + 9])
+                return w, h
+            i += 2 + length
+        raise ImageConversionError('decode', 'JPEG without a frame header in its first '
+                                   f'{len(head)} bytes')
+    raise ImageConversionError('encoding', 'compressed data is neither PNG nor JPEG (the '
+                               'formats compressed_image_transport sends)')
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Any = None, frame_id: str = '',

@@ -209,13 +209,13 @@ def _Camera(context: Any, frame: np.ndarray) -> Any:
     from trajectory_msgs.msg import JointTrajectory
 
     from .image_conversion import rgb_to_image
-    from .qos import CHUNK_QOS, SENSOR_QOS, STATUS_QOS
+    from .qos import CAMERA_QOS, CHUNK_QOS, STATUS_QOS
 
     class Camera(Node):
         def __init__(self) -> None:
             super().__init__('overhead_camera', context=context)
-            self.front = self.create_publisher(Image, 'image', SENSOR_QOS)
-            self.wrist = self.create_publisher(Image, 'wrist/image', SENSOR_QOS)
+            self.front = self.create_publisher(Image, 'image', CAMERA_QOS)
+            self.wrist = self.create_publisher(Image, 'wrist/image', CAMERA_QOS)
             self.create_subscription(JointTrajectory, 'action_chunk', self._on_chunk, CHUNK_QOS)
             self.create_subscription(String, 'policy_node/step_stats', self._on_step,
                                      STATUS_QOS)

@@ -2,23 +2,25 @@
 
 Each node lists its parameters as `Param`s; `declare_params` declares them all with a
 ParameterDescriptor (description, integer / floating-point range, choices in
-additional_constraints) and returns their values. Defaults here equal config/*.yaml (a test
-checks it), so a node started without a parameters file behaves the same.
+additional_constraints), refuses later invalid values when they are set (an on-set callback
+answering with the reason: choices, ranges and each Param's own `check`) and returns their
+values. Defaults here equal config/*.yaml (a test checks it), so a node started without a
+parameters file behaves the same.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
 from rclpy.node import Node
-
-
 
 @dataclass(frozen=True)
 class Param:
     """One ROS parameter: default value (its type is the parameter's type), description,
-    inclusive range for numbers, allowed values for strings."""
+    inclusive range for numbers, allowed values for strings, and `check(value)` returning
+    why a value is invalid (None when it is fine)."""
 
     name: str
     default: Any
@@ -27,6 +29,17 @@ class Param:
     high: Optional[float] = None
     choices: tuple[str, ...] = ()
     read_only: bool = False
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why `value` is invalid for this parameter, or None."""
+        if self.choices and value not in self.choices:
+            return f'{self.name}={value!r} is invalid: expected one of {list(self.choices)}'
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and self.low is not None and not self.low <= value <= self.high:
+            return f'{self.name}={value!r} is invalid: expected {self.low} to {self.high}'
+        reason = self.check(value) if self.check is not None else None
+        return f'{self.name}={value!r} is invalid: {reason}' if reason else None
 
     def descriptor(self) -> ParameterDescriptor:
         d = ParameterDescriptor(name=self.name, description=self.description,
@@ -44,33 +57,49 @@ class Param:
         return d
 
 
-def declare_params(node: Node, params: Sequence[Param]) -> dict[str, Any]:
-    """Declare every parameter (overrides from files / launch apply) and return the values.
-
-    Raises ValueError naming the parameter when a string is not one of its choices.
-    """
+def declare_params(node: Node, params: Sequence[Param], check: bool = True) -> dict[str, Any]:
+    """Declare every parameter (overrides from files / launch apply), refuse invalid values
+    set later, and return the current values: checked as read_params does, or with
+    check=False as they are (a lifecycle node checks them at configure)."""
     for p in params:
         if not node.has_parameter(p.name):
             node.declare_parameter(p.name, p.default, p.descriptor())
-    return read_params(node, params)
+    table = {p.name: p for p in params}
+
+    def on_set(changes: list) -> SetParametersResult:
+        for change in changes:
+            p = table.get(change.name)
+            reason = p.problem(_plain(change.value)) if p is not None else None
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    if check:
+        return read_params(node, params)
+    return {p.name: _plain(node.get_parameter(p.name).value) for p in params}
 
 
 def read_params(node: Node, params: Sequence[Param]) -> dict[str, Any]:
-    """Current values of declared parameters (lists for arrays), choices checked."""
+    """Current values of declared parameters (lists for arrays); raises ValueError naming
+    the first invalid one (values given at start skip the on-set check)."""
     values = {}
     for p in params:
-        value = node.get_parameter(p.name).value
-        if isinstance(value, (list, tuple)) or type(value).__name__ == 'array':
-            value = list(value)
-        if p.choices and value not in p.choices:
-            raise ValueError(f'parameter {p.name}={value!r} is invalid: expected one of '
-                             f'{list(p.choices)}')
+        value = _plain(node.get_parameter(p.name).value)
+        reason = p.problem(value)
+        if reason:
+            raise ValueError(f'parameter {reason}')
         values[p.name] = value
     return values
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value with arrays as lists."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == 'array':
+        return list(value)
+    return value
 
 
 def defaults(params: Sequence[Param]) -> dict[str, Any]:
     """name -> default, as a parameters file would list them."""
     return {p.name: p.default for p in params}
-
-

@@ -2,9 +2,11 @@
 
 Topics (relative names; remap freely):
 
-    subscribes  camera_topics[i]   sensor_msgs/Image (SENSOR_QOS), one per model camera, or
+    subscribes  camera_topics[i]   sensor_msgs/Image, one per model camera, or
                                    <topic>/compressed sensor_msgs/CompressedImage when
-                                   image_transport = 'compressed'
+                                   image_transport = 'compressed'; QoS per camera_qos:
+                                   reliable depth 1 (default, CAMERA_QOS) or best_effort
+                                   (SENSOR_QOS)
                 instruction        std_msgs/String (INSTRUCTION_QOS)
     publishes   action_chunk       trajectory_msgs/JointTrajectory (CHUNK_QOS): header.stamp =
                                    the primary camera's image stamp, joint_names = the model's
@@ -22,23 +24,30 @@ When it infers (the policy decides how many actions of each chunk run, the contr
 executes): with inference_rate = 0 (default) it infers as soon as a new primary-camera frame
 is there and the previous step has finished, so the newest chunk is always from the newest
 frame and a slow step never queues frames; with inference_rate > 0 it infers at that rate
-from the newest frame, if a new one arrived. Camera callbacks only store the latest frame;
-inference runs in its own mutually exclusive callback group (use a MultiThreadedExecutor).
-The model itself lives on one dedicated thread from load to free (CUDA / TensorRT contexts
-belong to the thread that made them; executor threads vary).
+from the newest frame, if a new one arrived. Camera callbacks only convert and store the
+latest frame, then wake the model thread: the model lives on one dedicated thread from load
+to free (CUDA / TensorRT contexts belong to the thread that made them), which steps and
+publishes, so no executor round trip sits between a frame and its chunk.
 
 Episodes: every instruction message and every ~/reset call starts a new episode: the action
-history (continuity ring buffer) is cleared before the next step and frames received before
-are discarded. Bad input (unsupported encoding, wrong size, empty or too long instruction,
-stale or out-of-order frames, non-finite model output) is logged (throttled), counted in
-/diagnostics, and never stops the node; a stale frame yields no chunk, so the controller holds.
+history (continuity ring buffer) is cleared before the next step, and frames and stamps
+received before are forgotten (every lifecycle transition forgets them too).
+
+Bad input is logged (throttled), counted in /diagnostics (stats.ERROR_KINDS) and never stops
+the node or keeps it from serving the next good frame: unsupported encodings, wrong or
+oversized images, undecodable compressed data, negative stamps or stamps more than
+max_future_stamp ahead of the clock, out-of-order or stale frames, empty, too long or wholly
+unknown instructions, camera publishers with incompatible QoS, non-finite model output. A
+refused frame yields no chunk, so the controller holds. Invalid parameter values are refused
+when set, with the reason.
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -48,17 +57,18 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..paths import default_model_dir
+from ..runtime.frames import FrameGate, Rejected
 from ..runtime.policy import NonFiniteOutput
 from .image_conversion import ImageConversionError, msg_to_rgb
 from .params import Param, declare_params, read_params
-from .qos import CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
+from .qos import (CAMERA_QOS, CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS,
+                  SubscriptionEventCallbacks)
 from .spin import spin_node
 from .stats import PolicyStats, StepRecord
 
@@ -66,16 +76,36 @@ BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp16', 'fp32')
 EXPORT_METHODS = ('dysl', 'full')
 TRANSPORTS = ('raw', 'compressed')
+CAMERA_QOS_CHOICES = {'reliable': CAMERA_QOS, 'best_effort': SENSOR_QOS}
 WARMUP_INSTRUCTION = 'pick up the red block'
+
+
+def _directory_problem(path: str) -> Optional[str]:
+    return None if not path or Path(path).is_dir() else 'the directory does not exist'
+
+
+def _torch_device_problem(device: str) -> Optional[str]:
+    """Why `device` is not a usable torch device here ('cpu', 'cuda', 'cuda:N')."""
+    if device == 'cpu':
+        return None
+    match = re.fullmatch(r'cuda(?::(\d+))?', device)
+    if match is None:
+        return "expected 'cpu', 'cuda' or 'cuda:N'"
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(match.group(1) or 0) >= count:
+        return f'this machine has {count} CUDA devices'
+    return None
 
 PARAMS = (
     Param('model_path', '', 'torch: a model directory (vla.json + dysl.json); onnxruntime / '
           'tensorrt: an export directory (manifest.json) or a model directory holding onnx/; '
-          'empty: the package\'s models/default'),
+          'empty: the package\'s models/default', check=_directory_problem),
     Param('backend', 'torch', 'inference backend', choices=BACKENDS),
     Param('method', 'dysl', 'dysl (layer skipping) or full (full depth) on every backend; on '
           'torch also a baseline / ablation name of dysl_ros.runtime.methods'),
-    Param('device', 'cpu', 'torch backend: torch device (cpu, cuda, cuda:0, ...)'),
+    Param('device', 'cpu', 'torch backend: torch device (cpu, cuda, cuda:0, ...)',
+          check=_torch_device_problem),
     Param('ort_threads', 0, 'onnxruntime backend: intra-op threads, 0 = one per core', 0, 256),
     Param('precision', 'fp16', 'tensorrt backend: engine precision', choices=PRECISIONS),
     Param('engine_cache', '', 'tensorrt backend: engine cache directory; empty: the runner\'s '
@@ -92,11 +122,17 @@ PARAMS = (
     Param('camera_topics', ['image', 'wrist/image'], 'image topic per camera name'),
     Param('image_transport', 'raw', 'raw: sensor_msgs/Image on each topic; compressed: '
           'sensor_msgs/CompressedImage on <topic>/compressed', choices=TRANSPORTS),
+    Param('camera_qos', 'reliable', 'reliable: depth-1 reliable camera subscriptions (large '
+          'frames arrive across processes; matches reliable publishers only); best_effort: '
+          'matches every publisher, but FastDDS loses most frames over ~0.5 MB',
+          choices=tuple(CAMERA_QOS_CHOICES)),
     Param('image_width', 0, 'expected image width in pixels; 0 accepts any (images are '
           'resized to the model input)', 0, 8192),
     Param('image_height', 0, 'expected image height in pixels; 0 accepts any', 0, 8192),
     Param('max_image_age', 0.5, 'seconds; an older frame is stale: no chunk is produced',
           0.001, 60.0),
+    Param('max_future_stamp', 0.25, 'seconds; a frame stamped further ahead of this node\'s '
+          'clock is refused (its sender\'s clock is wrong)', 0.0, 60.0),
     Param('inference_rate', 0.0, 'Hz; 0 infers on every new primary frame once the previous '
           'step finished, > 0 infers at this rate from the newest frame', 0.0, 1000.0),
     Param('control_rate', 20.0, 'Hz of the actions in a chunk: time_from_start of point i is '
@@ -131,9 +167,11 @@ class PolicyNodeConfig:
     camera_names: tuple[str, ...]
     camera_topics: tuple[str, ...]
     image_transport: str
+    camera_qos: str
     image_width: int
     image_height: int
     max_image_age: float
+    max_future_stamp: float
     inference_rate: float
     control_rate: float
     instruction: str
@@ -182,37 +220,31 @@ def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
                        **options)
 
 
-@dataclass
-class _Frame:
-    rgb: np.ndarray
-    stamp: Time
-    used: bool = False
-
-
 class PolicyNode(LifecycleNode):
     """Lifecycle node around a Policy; see the module docstring for its interface."""
 
     def __init__(self, node_name: str = 'policy_node', **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        self._values = declare_params(self, PARAMS)
+        self._values = declare_params(self, PARAMS, check=False)  # checked at configure
         self.cfg: Optional[PolicyNodeConfig] = None
         self.policy: Any = None
         self.stats = PolicyStats(int(self._values['stats_window']))
-        self._lock = threading.Lock()  # frames, instruction, episode, active flag
-        self._frames: dict[str, _Frame] = {}
-        self._last_stamp: dict[str, Time] = {}
+        self._lock = threading.Lock()  # gate, instruction, episode, active flag, publishing
+        self._gate: Optional[FrameGate] = None
         self._instruction = ''
         self._episode = 0
-        self._policy_episode = -1  # the episode the policy's history belongs to
+        self._policy_episode = -1  # the episode the policy's history belongs to (model thread)
         self._active = False
         self._seq = 0
         self._error_text = ''
         self._last_log: dict[str, float] = {}
-        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._log_lock = threading.Lock()
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._subs: list[Any] = []
         self._model_thread: Optional[ThreadPoolExecutor] = None
-        self._trigger: Any = None
+        self._serving: Optional[Future] = None
+        self._wake = threading.Event()  # a new primary frame (or a rate tick), or stop
+        self._stopping = False
         self._rate_timer: Any = None
         self._chunk_pub: Any = None
         self._stats_pub: Any = None
@@ -246,6 +278,8 @@ class PolicyNode(LifecycleNode):
         self._reset_srv = self.create_service(Trigger, '~/reset', self._on_reset,
                                               callback_group=self._input_group)
         with self._lock:
+            self._gate = FrameGate(self.cfg.camera_names, self.cfg.max_image_age,
+                                   self.cfg.max_future_stamp)
             self._instruction = self.cfg.instruction.strip()
             self._episode += 1
         spec = self.policy.spec
@@ -258,30 +292,31 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.cfg
         msg_type = CompressedImage if cfg.image_transport == 'compressed' else Image
+        qos = CAMERA_QOS_CHOICES[cfg.camera_qos]
         for camera, topic in zip(cfg.camera_names, self._topics()):
-            self._subs.append(self.create_subscription(
-                msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), SENSOR_QOS,
-                callback_group=self._input_group))
+            self._subs.append(self._camera_subscription(msg_type, camera, topic, qos))
         self._subs.append(self.create_subscription(
             String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
             callback_group=self._input_group))
-        if cfg.inference_rate > 0:
-            self._rate_timer = self.create_timer(1.0 / cfg.inference_rate, self._infer,
-                                                 callback_group=self._inference_group)
-        else:
-            self._trigger = self.create_guard_condition(self._infer,
-                                                        callback_group=self._inference_group)
         with self._lock:
             self._active = True
-            self._frames.clear()
+            self._gate.clear()
+        self._stopping = False
+        self._wake.clear()
+        self._serving = self._model_thread.submit(self._serve)
+        if cfg.inference_rate > 0:  # a ROS timer: the rate follows simulated time too
+            self._rate_timer = self.create_timer(1.0 / cfg.inference_rate, self._wake.set,
+                                                 callback_group=self._input_group)
         self.get_logger().info('active: waiting for frames' + (
             '' if self._instruction else ' and an instruction'))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_inputs()
+        self._stop_serving()
         with self._lock:  # no chunk can follow the hold: chunks are published under the lock
             self._active = False
+            self._gate.clear()
             self._chunk_pub.publish(JointTrajectory(joint_names=self._action_names()))
         self.get_logger().info('inactive: published a hold (empty chunk)')
         return super().on_deactivate(state)
@@ -292,30 +327,56 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_inputs()
-        with self._lock:
-            self._active = False
-        self._free()
-        return TransitionCallbackReturn.SUCCESS
+        return self._abort()
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._abort()
+
+    def destroy_node(self) -> None:
+        """Stop the inference loop and free the model first: a non-daemon model thread left
+        waiting would keep the process from exiting."""
+        self._abort()
+        super().destroy_node()
+
+    def _abort(self) -> TransitionCallbackReturn:
         self._stop_inputs()
+        self._stop_serving()
         with self._lock:
             self._active = False
         self._free()
         return TransitionCallbackReturn.SUCCESS
 
-    # ---- inputs ------------------------------------------------------------------------------
+    # ---- inputs (executor threads, one mutually exclusive group) ------------------------------
+    def _camera_subscription(self, msg_type: Any, camera: str, topic: str, qos: Any) -> Any:
+        def lost(info: Any) -> None:
+            self._complain('lost', f'camera {camera!r}: DDS lost {info.total_count} frames '
+                           'so far', count=info.total_count_change)
+
+        def incompatible(info: Any) -> None:
+            self._complain('qos', f'camera {camera!r}: a publisher on {topic!r} offers QoS '
+                           f'this subscription ({self.cfg.camera_qos}) cannot match: no frame '
+                           'of it arrives (a best-effort camera needs camera_qos=best_effort)')
+
+        def callback(msg: Any) -> None:
+            self._on_image(camera, msg)
+
+        try:
+            events = SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
+            return self.create_subscription(msg_type, topic, callback, qos,
+                                            event_callbacks=events,
+                                            callback_group=self._input_group)
+        except Exception:  # an RMW without message-lost events
+            events = SubscriptionEventCallbacks(incompatible_qos=incompatible)
+            return self.create_subscription(msg_type, topic, callback, qos,
+                                            event_callbacks=events,
+                                            callback_group=self._input_group)
+
     def _on_image(self, camera: str, msg: Any) -> None:
         cfg = self.cfg
-        stamp = Time.from_msg(msg.header.stamp, clock_type=self.get_clock().clock_type)
-        last = self._last_stamp.get(camera)  # only this callback (one group) writes it
-        if last is not None and stamp <= last:
-            self._complain('out_of_order', f'camera {camera!r}: frame stamped '
-                           f'{_seconds(stamp):.3f} is not newer than the last one '
-                           f'({_seconds(last):.3f}): dropped')
-            return
+        stamp = _stamp_ns(msg.header.stamp)
         try:
+            with self._lock:  # cheap checks first: a refused frame is never converted
+                self._gate.check(camera, stamp, self._now_ns())
             rgb = msg_to_rgb(msg)
             h, w = rgb.shape[:2]
             if (cfg.image_width and w != cfg.image_width) or \
@@ -323,16 +384,14 @@ class PolicyNode(LifecycleNode):
                 raise ImageConversionError(
                     'size', f'{w}x{h} image, expected {cfg.image_width or "any"}x'
                     f'{cfg.image_height or "any"} (image_width, image_height)')
-        except ImageConversionError as e:
-            self._complain(e.kind, f'camera {camera!r}: frame rejected: {e}')
+        except (Rejected, ImageConversionError) as e:
+            self._complain(e.kind, f'camera {camera!r}: frame rejected: {e}'
+                           if isinstance(e, ImageConversionError) else str(e))
             return
         with self._lock:
-            old = self._frames.get(camera)
-            self.stats.frame(dropped_previous=old is not None and not old.used)
-            self._frames[camera] = _Frame(rgb, stamp)
-            self._last_stamp[camera] = stamp
-        if camera == cfg.camera_names[0] and self._trigger is not None:
-            self._trigger.trigger()
+            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp))
+        if cfg.inference_rate <= 0:  # any camera: the primary's frame may wait for this one
+            self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
@@ -345,9 +404,13 @@ class PolicyNode(LifecycleNode):
             self._complain('instruction', f'instruction of {len(text)} characters ignored: '
                            f'longer than max_instruction_length={limit}')
             return
-        unknown = self._unknown_words(text)
+        words, unknown = self._words(text)
+        if words is not None and len(unknown) == len(words):
+            self._complain('instruction', f'instruction {text[:80]!r} ignored: no word the '
+                           f'model knows; keeping {self._instruction!r}')
+            return
         if unknown:
-            self._complain('', f'instruction words unknown to the model: {unknown}', 'warn')
+            self._note('unknown_words', f'instruction words unknown to the model: {unknown}')
         self._new_episode(text)
         self.get_logger().info(f'new episode {self._episode}: {text!r}')
 
@@ -363,51 +426,65 @@ class PolicyNode(LifecycleNode):
             if instruction is not None:
                 self._instruction = instruction
             self._episode += 1
-            self._frames.clear()  # frames of the previous episode are not observations of this
+            if self._gate is not None:  # earlier frames are not observations of this episode
+                self._gate.clear()
         self.stats.new_episode()
 
-    # ---- inference ---------------------------------------------------------------------------
+    # ---- inference (the model thread) ---------------------------------------------------------
+    def _serve(self) -> None:
+        """Step whenever woken, from activate until _stop_serving."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._infer()
+            except Exception as e:  # the loop outlives any bug in one step
+                self._complain('inference', f'step failed: {type(e).__name__}: {e}')
+
     def _infer(self) -> None:
-        cfg, primary = self.cfg, self.cfg.camera_names[0]
         with self._lock:
-            frames = dict(self._frames)
-            first = frames.get(primary)
-            if not self._active or first is None or first.used:
+            if not self._active:
                 return
-            if len(frames) < len(cfg.camera_names) or not self._instruction:
-                waiting = [c for c in cfg.camera_names if c not in frames]
-                self._complain('', 'waiting for ' + (f'cameras {waiting}' if waiting
-                                                     else 'an instruction'), 'info')
-                return
-            for f in frames.values():
-                f.used = True
             instruction, episode = self._instruction, self._episode
-        now = self.get_clock().now()
-        ages = {c: (now - f.stamp).nanoseconds * 1e-9 for c, f in frames.items()}
-        stale = {c: round(a, 3) for c, a in ages.items() if a > cfg.max_image_age}
-        if stale:
-            self._complain('stale', f'stale frames (age s) {stale} > max_image_age='
-                           f'{cfg.max_image_age}: no chunk')
+            try:
+                frames = self._gate.take(self._now_ns()) if instruction else None
+                missing = self._gate.missing()
+            except Rejected as e:
+                frames, missing, rejected = None, [], e
+            else:
+                rejected = None
+        if rejected is not None:
+            self._complain(rejected.kind, str(rejected))
             return
-        reset = self._policy_episode != episode
-        self._policy_episode = episode
+        if frames is None:
+            if missing or not instruction:
+                self._note('waiting', 'waiting for ' + (f'cameras {missing}' if missing
+                                                        else 'an instruction'))
+            return
+        stamp = frames[self._gate.primary].stamp_ns
+        if self._policy_episode != episode:
+            self.policy.reset()
+            self._policy_episode = episode
         t0 = time.perf_counter()
         try:
-            chunk, step = self._model_thread.submit(
-                self._step, {c: f.rgb for c, f in frames.items()}, instruction, reset).result()
+            chunk, step = self.policy.step({c: f.rgb for c, f in frames.items()}, instruction)
         except NonFiniteOutput:
-            self._non_finite()
+            self._policy_episode = -1  # start the action history over at the next step
+            self._complain('non_finite', 'non-finite values in the model output: no chunk, '
+                           'action history cleared')
             return
         except Exception as e:  # the node survives a failing step and says why
             self._complain('inference', f'policy step failed: {type(e).__name__}: {e}')
             return
         policy_ms = (time.perf_counter() - t0) * 1e3
-        msg = self._chunk_msg(first.stamp, chunk)
+        msg = self._chunk_msg(stamp, chunk)
         with self._lock:
             if not self._active or self._episode != episode:
                 return  # deactivated or a new episode began during the step
             self._chunk_pub.publish(msg)
-            c2c_ms = (self.get_clock().now() - first.stamp).nanoseconds * 1e-6
+            c2c_ms = (self._now_ns() - stamp) * 1e-6
             self._seq += 1
             seq = self._seq
         self.stats.step(StepRecord(
@@ -415,17 +492,16 @@ class PolicyNode(LifecycleNode):
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
         self._stats_pub.publish(String(data=json.dumps({
-            'seq': seq, 'episode': episode, 'stamp': _seconds(first.stamp),
-            'stamp_ns': first.stamp.nanoseconds,
+            'seq': seq, 'episode': episode, 'stamp': stamp * 1e-9, 'stamp_ns': stamp,
             'layers_run': step.layers_run, 'layers_total': step.layers_total,
             'layer_ids': list(step.layer_ids), 'skipped_at': list(step.skipped_at),
             'verified': bool(step.verified), 'allow_points': list(step.allow_points),
             'policy_ms': policy_ms, 'camera_to_chunk_ms': c2c_ms,
             'latency_ms': dict(step.latency_ms)})))
 
-    def _chunk_msg(self, stamp: Time, chunk: np.ndarray) -> JointTrajectory:
+    def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
         msg = JointTrajectory(joint_names=self._action_names())
-        msg.header.stamp = stamp.to_msg()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         dt_ns = int(round(self.cfg.dt * 1e9))
         for i, action in enumerate(np.asarray(chunk, dtype=np.float64)):  # (H, D)
             t = i * dt_ns
@@ -434,18 +510,7 @@ class PolicyNode(LifecycleNode):
                 time_from_start=Duration(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)))
         return msg
 
-    def _non_finite(self) -> None:
-        self._policy_episode = -1  # start the action history over at the next step
-        self._complain('non_finite', 'non-finite values in the model output: no chunk, '
-                       'action history cleared')
-
     # ---- helpers -----------------------------------------------------------------------------
-    def _step(self, images: dict, instruction: str, reset: bool) -> tuple[np.ndarray, Any]:
-        """One policy step on the model thread (reset first: a new episode)."""
-        if reset:
-            self.policy.reset()
-        return self.policy.step(images, instruction)
-
     def _load(self, cfg: PolicyNodeConfig) -> Any:
         t0 = time.perf_counter()
         policy = load_policy(cfg, log=self.get_logger().info)
@@ -462,8 +527,17 @@ class PolicyNode(LifecycleNode):
                                f'{time.perf_counter() - t0:.1f} s')
         return policy
 
+    def _stop_serving(self) -> None:
+        """End the inference loop; the step in progress, if any, finishes first."""
+        if self._serving is not None:
+            self._stopping = True
+            self._wake.set()
+            self._serving.result()
+            self._serving = None
+
     def _free(self) -> None:
         self._stop_inputs()
+        self._stop_serving()
         for pub in (self._chunk_pub, self._stats_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -474,6 +548,8 @@ class PolicyNode(LifecycleNode):
             self._model_thread.submit(setattr, self, 'policy', None).result()
             self._model_thread.shutdown()
             self._model_thread = None
+        with self._lock:
+            self._gate = None
         self.policy = None
         self._policy_episode = -1
 
@@ -481,12 +557,12 @@ class PolicyNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        if self._trigger is not None:
-            self.destroy_guard_condition(self._trigger)
-            self._trigger = None
         if self._rate_timer is not None:
             self.destroy_timer(self._rate_timer)
             self._rate_timer = None
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
 
     def _topics(self) -> list[str]:
         suffix = '/compressed' if self.cfg.image_transport == 'compressed' else ''
@@ -495,23 +571,35 @@ class PolicyNode(LifecycleNode):
     def _action_names(self) -> list[str]:
         return list(self.policy.spec.action_names) if self.policy is not None else []
 
-    def _unknown_words(self, text: str) -> list[str]:
+    def _words(self, text: str) -> tuple[Optional[list[str]], list[str]]:
+        """The instruction's words and those unknown to the model (None: no tokenizer)."""
         tokenizer = getattr(self.policy.spec, 'tokenizer', None) if self.policy else None
-        return tokenizer.unknown_words(text) if tokenizer is not None else []
+        if tokenizer is None:
+            return None, []
+        return tokenizer.words(text), tokenizer.unknown_words(text)
 
-    def _complain(self, kind: str, message: str, level: str = 'warn') -> None:
-        """Count an error of `kind` ('' counts nothing) and log it, at most once per
-        log_throttle seconds per kind and level."""
-        if kind:
-            self.stats.error(kind)
-        key = f'{kind}:{level}'
+    def _complain(self, kind: str, message: str, count: int = 1) -> None:
+        """Count `count` errors of `kind` and log a warning, at most once per log_throttle
+        seconds per kind."""
+        self.stats.error(kind, count)
+        if self._throttled(kind):
+            return
+        self.get_logger().warning(message)  # one call site per severity: rclpy insists
+
+    def _note(self, key: str, message: str) -> None:
+        """Log an info message (counted nowhere), throttled like _complain."""
+        if self._throttled(f'note:{key}'):
+            return
+        self.get_logger().info(message)
+
+    def _throttled(self, key: str) -> bool:
         now = time.monotonic()
         throttle = self.cfg.log_throttle if self.cfg is not None else 5.0
-        if now - self._last_log.get(key, -1e9) < throttle:
-            return
-        self._last_log[key] = now
-        log = {'warn': self.get_logger().warning, 'info': self.get_logger().info}[level]
-        log(message)
+        with self._log_lock:
+            if now - self._last_log.get(key, -1e9) < throttle:
+                return True
+            self._last_log[key] = now
+            return False
 
     def _publish_diagnostics(self) -> None:
         s = self.stats.summary()
@@ -535,8 +623,9 @@ class PolicyNode(LifecycleNode):
         self._diag_pub.publish(array)
 
 
-def _seconds(t: Time) -> float:
-    return t.nanoseconds * 1e-9
+def _stamp_ns(stamp: Any) -> int:
+    """A header stamp in nanoseconds; negative stamps stay negative (Time.from_msg raises)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _fmt(value: Any) -> str:

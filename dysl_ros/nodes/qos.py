@@ -5,14 +5,25 @@ publishers that tools such as `ros2 topic pub` create.
 """
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+try:  # Iron and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks  # noqa: F401
+
 
 def _volatile(depth: int, reliability: ReliabilityPolicy) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
                       durability=DurabilityPolicy.VOLATILE)
 
 
-# Cameras: best effort, newest frame only (a late frame is worth less than the next one).
+# Cameras, best effort: newest frame only (a late frame is worth less than the next one).
+# Matches every camera publisher, but across processes FastDDS loses best-effort frames
+# larger than its shared-memory segment (~0.5 MB: 640x480 rgb8 and up) almost always.
 SENSOR_QOS = _volatile(1, ReliabilityPolicy.BEST_EFFORT)
+# Cameras, reliable depth 1 (the policy node's default): newest frame only, and large frames
+# arrive, since lost fragments are resent. Matches reliable publishers (image_transport's and
+# most camera drivers' default), not best-effort ones.
+CAMERA_QOS = _volatile(1, ReliabilityPolicy.RELIABLE)
 # Action chunks: reliable, and only the newest matters.
 CHUNK_QOS = _volatile(1, ReliabilityPolicy.RELIABLE)
 # Instructions: reliable, none lost when two come close together.

@@ -6,7 +6,7 @@ Topics (relative names):
                                  dysl_ros.sim.ACTION_NAMES order (deltas, absolute gripper)
                 instruction      std_msgs/String (INSTRUCTION_QOS): reset to the task it names
                                  (next seed) and start stepping
-    publishes   camera_topics[i] sensor_msgs/Image rgb8 (SENSOR_QOS), all cameras of one step
+    publishes   camera_topics[i] sensor_msgs/Image rgb8 (CAMERA_QOS), all cameras of one step
                                  with the same stamp, frame_id = the camera name; the first
                                  camera (the policy's primary, which triggers inference) is
                                  published last, so its frame finds the others there
@@ -43,7 +43,7 @@ from std_srvs.srv import Trigger
 
 from .image_conversion import rgb_to_image
 from .params import Param, declare_params
-from .qos import COMMAND_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
+from .qos import CAMERA_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
 from .spin import spin_node
 
 PARAMS = (
@@ -91,7 +91,7 @@ class SimNode(Node):
         # the env is used from one callback group only: timer, instruction and reset
         self._sim_group = MutuallyExclusiveCallbackGroup()
         pairs = list(zip(v['cameras'], v['camera_topics']))
-        self._image_pubs = {c: self.create_publisher(Image, t, SENSOR_QOS)
+        self._image_pubs = {c: self.create_publisher(Image, t, CAMERA_QOS)
                             for c, t in pairs[1:] + pairs[:1]}  # primary last
         self._status_pub = self.create_publisher(String, 'episode_status', STATUS_QOS)
         self.create_subscription(Float64MultiArray, 'command', self._on_command, COMMAND_QOS)

@@ -1,21 +1,37 @@
-"""The one `main` body of every node: init, spin on a MultiThreadedExecutor, clean up."""
+"""The one `main` body of every node: init, spin, clean up.
+
+A node in its own process spins on a SingleThreadedExecutor. Nothing here needs more: the
+policy node steps its model on a thread of its own and the other callbacks are short. And
+rclpy's MultiThreadedExecutor costs a 2-core robot dearly: it hands every callback to a pool
+thread and, until that thread starts it, spins on the still-ready entity holding the GIL
+(ros2/rclpy#1452; Humble's rclpy does this), which stalls the model thread too.
+"""
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
 def spin_node(make_node: Callable[[], Node], args: Optional[list[str]] = None,
               on_start: Optional[Callable[[Node], None]] = None) -> None:
-    """Run one node until Ctrl-C or shutdown (Humble-safe: no `with rclpy.init()`)."""
+    """Run one node until Ctrl-C or shutdown (Humble-safe: no `with rclpy.init()`).
+
+    A node that cannot start (an invalid parameter) exits with status 2 and one line saying
+    why, not a traceback.
+    """
     rclpy.init(args=args)
     node = None
     try:
-        node = make_node()
-        executor = MultiThreadedExecutor()
+        try:
+            node = make_node()
+        except ValueError as e:
+            print(f'error: {e}', file=sys.stderr)
+            sys.exit(2)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         if on_start is not None:
             on_start(node)

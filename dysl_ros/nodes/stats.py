@@ -8,9 +8,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-# Error kinds the policy node counts (each also logged, throttled).
-ERROR_KINDS = ('encoding', 'size', 'decode', 'instruction', 'stale', 'out_of_order',
-               'non_finite', 'inference')
+# Error kinds the policy node counts (each also logged, throttled): a frame refused for its
+# encoding, size, compressed data, stamp (negative or in the future), order or age; an
+# instruction refused; a camera publisher whose QoS cannot match (qos) or frames DDS reports
+# lost (lost); a model output with NaN / inf; a failing step.
+ERROR_KINDS = ('encoding', 'size', 'decode', 'stamp', 'out_of_order', 'stale', 'instruction',
+               'qos', 'lost', 'non_finite', 'inference')
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
@@ -51,9 +54,9 @@ class PolicyStats:
             self.frames_received += 1
             self.frames_dropped += int(dropped_previous)
 
-    def error(self, kind: str) -> None:
+    def error(self, kind: str, count: int = 1) -> None:
         with self._lock:
-            self.errors[kind] += 1
+            self.errors[kind] += count
 
     def step(self, record: StepRecord) -> None:
         with self._lock:
