@@ -1,8 +1,9 @@
-"""Session-wide test environment: DDS on loopback with a domain of our own, headless MuJoCo."""
+"""Session-wide test environment: DDS on loopback with a domain of our own (random per test
+session, so parallel runs on one machine never cross-talk), the package's FastDDS profile for
+large camera frames, headless MuJoCo. Child processes inherit all of it."""
 import os
-import random
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-# A random domain per test session so parallel runs on one machine never cross-talk.
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 101)))
+from dysl_ros.nodes.launcher import ros_environment
+
+ros_environment()
 os.environ.setdefault('MUJOCO_GL', 'egl')

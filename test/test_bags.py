@@ -120,7 +120,8 @@ def test_recorded_policy_bag_has_the_ros_types_and_counts(policy_bag):
     qos = {t['topic_metadata']['name']: yaml.safe_load(t['topic_metadata']
                                                         ['offered_qos_profiles'])
            for t in meta['topics_with_message_count']}
-    assert qos['/image'][0]['reliability'] == 2 and qos['/action_chunk'][0]['reliability'] == 1
+    # reliable (1): `ros2 bag play` then matches the policy node's reliable camera subscription
+    assert qos['/image'][0]['reliability'] == 1 and qos['/action_chunk'][0]['reliability'] == 1
     msgs = read_back(policy_bag)
     types = {t: m for t, (m, _) in msgs.items()}
     assert types == {'/image': 'sensor_msgs/msg/Image', '/wrist/image': 'sensor_msgs/msg/Image',

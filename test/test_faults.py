@@ -155,9 +155,11 @@ class Client(Node):
         return self.call(self.state, GetState.Request()).current_state.label
 
     # -- diagnostics
-    def counter(self, node, key) -> int:
+    def counter(self, node, keys) -> int:
+        """A diagnostics count (the sum over several keys when given a tuple)."""
+        keys = keys if isinstance(keys, tuple) else (keys,)
         with self.lock:
-            return int(self.diag.get(node, {}).get(key, 0))
+            return sum(int(self.diag.get(node, {}).get(k, 0)) for k in keys)
 
     def fresh_diagnostics(self):
         """Wait for a /diagnostics message of each node published after this call."""
@@ -296,9 +298,15 @@ def _camera_loss(c: Client):
 
 
 def _burst(c: Client):
-    for _ in range(200):  # 200 Hz for a second
+    """200 Hz for a second: the node takes the newest pair (frames_dropped counts the rest
+    when it cannot keep up, which depends on the machine's load: not asserted)."""
+    c.fresh_diagnostics()
+    received = c.counter(P, 'frames_received')
+    for _ in range(200):
         c.pair()
         time.sleep(0.005)
+    wait_for(lambda: c.counter(P, 'frames_received') >= received + 200, 10.0,
+             'most of the burst to arrive')
 
 
 def _reset_storm(c: Client):
@@ -383,7 +391,8 @@ def _compressed_faults(c: Client):
     assert c.transition(Transition.TRANSITION_CONFIGURE)
     assert c.transition(Transition.TRANSITION_ACTIVATE)
     wait_for(lambda: c.front_c.get_subscription_count() > 0, 10.0, 'compressed subscriptions')
-    before = {k: c.counter('policy_node', f'errors_{k}') for k in ('size', 'decode', 'encoding')}
+    c.fresh_diagnostics()  # configure starts the counts over
+    before = {k: c.counter('policy_node', f'errors_{k}') for k in ('size', 'decode')}
     bomb = _png_bomb()
     for data, fmt in [(bomb.data, 'png'), (b'\x89PNG\r\n\x1a\n' + b'\0' * 100, 'png'),
                       (b'not an image at all', 'jpeg'), (b'', 'jpeg')]:
@@ -402,8 +411,7 @@ def _compressed_faults(c: Client):
     c.chunk_for_next_good_frame(publish=publish)
     c.fresh_diagnostics()
     assert c.counter('policy_node', 'errors_size') > before['size']  # the bomb, not decoded
-    assert c.counter('policy_node', 'errors_decode') >= before['decode'] + 2  # cut, empty
-    assert c.counter('policy_node', 'errors_encoding') > before['encoding']  # not PNG / JPEG
+    assert c.counter('policy_node', 'errors_decode') >= before['decode'] + 3
     assert c.transition(Transition.TRANSITION_DEACTIVATE)
     assert c.transition(Transition.TRANSITION_CLEANUP)
     assert c.set_param('image_transport', 'raw').successful
@@ -445,7 +453,7 @@ CATALOGUE = [
      (P, 'errors_instruction')),
     ('instruction: Chinese', _instruction('拿起红色的方块'), (P, 'errors_instruction')),
     ('qos: a best-effort camera publisher', _incompatible_camera, (P, 'errors_qos')),
-    ('burst: 200 frame pairs at 200 Hz', _burst, (P, 'frames_dropped')),
+    ('burst: 200 frame pairs at 200 Hz', _burst, None),
     ('reset storm: 40 resets and 20 instructions in 4 bursts', _reset_storm, None),
     ('lifecycle: activate / configure / cleanup while active', _lifecycle_misuse, None),
     ('lifecycle: deactivate, frames while inactive, activate', _lifecycle_cycle, None),
@@ -460,7 +468,8 @@ CATALOGUE = [
     ('chunk: unknown joint names', _controller_chunk(names=NAMES[:-1] + ['grip']),
      (C, 'dropped_joint_names')),
     ('chunk: 6 positions for 7 joints', _controller_chunk(positions=6), (C, 'dropped_shape')),
-    ('chunk: observation 5 s old', _controller_chunk(-5.0), (C, 'dropped_stale')),
+    ('chunk: observation 5 s old', _controller_chunk(-5.0),  # before or after the episode
+     (C, ('dropped_stale', 'dropped_previous_episode'))),
     ('chunk: huge actions (clipped, not refused)', _controller_chunk(values=1e9), None),
 ]
 
@@ -486,3 +495,33 @@ def test_fault(rig, case, action, counter):
     assert np.isfinite(commands).all()
     assert (commands >= np.array(LIMITS.lower_limits)).all()
     assert (commands <= np.array(LIMITS.upper_limits)).all()
+
+
+@pytest.mark.parametrize('width,height,encoding', [(640, 480, 'rgb8'), (1280, 720, 'bgr8'),
+                                                   (1920, 1080, 'rgb8')])
+def test_real_camera_sizes_at_30_hz_reach_the_node(rig, width, height, encoding):
+    """Frames of real cameras, from this process at 30 Hz for 2 s: most arrive, and the
+    policy answers them (resized to the model input)."""
+    c = rig
+    rgb = np.random.default_rng(1).integers(0, 256, (height, width, 3), np.uint8)
+    front, wrist = (rgb_to_image(rgb, encoding=encoding) for _ in range(2))
+    c.fresh_diagnostics()
+    received = c.counter('policy_node', 'frames_received')
+    with c.lock:
+        c.chunks.clear()
+    sent = 0
+    start = time.monotonic()
+    while time.monotonic() < start + 2.0:
+        stamp = c.now()
+        front.header.stamp = wrist.header.stamp = stamp
+        c.wrist.publish(wrist)
+        c.front.publish(front)
+        sent += 1
+        time.sleep(max(0.0, start + sent / 30.0 - time.monotonic()))
+    time.sleep(0.5)
+    c.fresh_diagnostics()
+    arrived = (c.counter('policy_node', 'frames_received') - received) / 2
+    with c.lock:
+        chunks = len(c.chunks)
+    assert arrived >= 0.8 * sent, (arrived, sent)
+    assert chunks >= 0.5 * sent, (chunks, sent)

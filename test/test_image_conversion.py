@@ -1,5 +1,6 @@
 """Image conversion: every supported encoding, row padding, endianness, compressed, failures."""
 import array
+import struct
 
 import numpy as np
 import pytest
@@ -99,6 +100,24 @@ def test_garbage_compressed_is_a_decode_error():
     assert e.value.kind == 'decode'
     with pytest.raises(ImageConversionError):
         compressed_to_rgb(CompressedImage(format='png'))
+
+
+@pytest.mark.parametrize('fmt', ['png', 'jpeg'])
+def test_compressed_images_too_large_are_refused_before_decoding(fmt):
+    """The header's size decides: a small file may decode to gigabytes (16384 x 16384 here;
+    the patched header no longer matches the data, so decoding it would fail otherwise)."""
+    data = bytearray(rgb_to_compressed(np.zeros((8, 8, 3), np.uint8), fmt).data)
+    if fmt == 'png':
+        data[16:24] = struct.pack('>II', 16384, 16384)  # IHDR width, height
+    else:
+        sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF
+                   and data[i + 1] in (0xC0, 0xC2))
+        data[sof + 5:sof + 9] = struct.pack('>HH', 16384, 16384)  # height, width
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array('B', bytes(data))
+    with pytest.raises(ImageConversionError, match='16384x16384') as e:
+        compressed_to_rgb(msg)
+    assert e.value.kind == 'size'
 
 
 def test_builder_rejects_non_rgb_arrays():

@@ -34,7 +34,7 @@ from dysl_ros.nodes.image_conversion import rgb_to_compressed, rgb_to_image
 from dysl_ros.nodes.launcher import LocalLaunch, config_file, wait_for
 from dysl_ros.nodes.params import defaults
 from dysl_ros.nodes.policy_node import PolicyNode
-from dysl_ros.nodes.qos import (CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, SENSOR_QOS,
+from dysl_ros.nodes.qos import (CAMERA_QOS, CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS,
                                 STATUS_QOS)
 from dysl_ros.nodes.sim_node import SimNode
 from dysl_ros.tools.demo import build_random_model
@@ -104,8 +104,8 @@ class Camera:
 
     def __init__(self, node, size=32):
         self.node = node
-        self.front = node.create_publisher(Image, FRONT_TOPIC, SENSOR_QOS)
-        self.wrist = node.create_publisher(Image, WRIST_TOPIC, SENSOR_QOS)
+        self.front = node.create_publisher(Image, FRONT_TOPIC, CAMERA_QOS)
+        self.wrist = node.create_publisher(Image, WRIST_TOPIC, CAMERA_QOS)
         self.rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)
 
     def matched(self):
@@ -233,8 +233,8 @@ def test_compressed_transport_and_a_fixed_inference_rate(tiny_model):
     with LocalLaunch() as launch:
         node = launch.add(make_tester)
         chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
-        front = node.create_publisher(CompressedImage, FRONT_TOPIC + '/compressed', SENSOR_QOS)
-        wrist = node.create_publisher(CompressedImage, WRIST_TOPIC + '/compressed', SENSOR_QOS)
+        front = node.create_publisher(CompressedImage, FRONT_TOPIC + '/compressed', CAMERA_QOS)
+        wrist = node.create_publisher(CompressedImage, WRIST_TOPIC + '/compressed', CAMERA_QOS)
         policy = start_policy(launch, tiny_model, image_transport='compressed',
                               inference_rate=4.0, instruction=INSTRUCTION)
         wait_for(lambda: front.get_subscription_count() and wrist.get_subscription_count(),
@@ -434,8 +434,8 @@ def test_controller_executes_a_chunk_at_its_rate_then_holds():
 def test_sim_node_steps_on_commands_and_reports_the_episode():
     with LocalLaunch() as launch:
         node = launch.add(make_tester)
-        images = Collector(node, Image, FRONT_TOPIC, SENSOR_QOS)
-        wrist = Collector(node, Image, WRIST_TOPIC, SENSOR_QOS)
+        images = Collector(node, Image, FRONT_TOPIC, CAMERA_QOS)
+        wrist = Collector(node, Image, WRIST_TOPIC, CAMERA_QOS)
         status = Collector(node, String, 'episode_status', STATUS_QOS)
         launch.add(SimNode, parameter_overrides=[Parameter('max_steps', value=6),
                                                  Parameter('image_size', value=32)])
@@ -521,17 +521,62 @@ def test_parameters_load_from_the_files_and_carry_descriptors():
         assert policy.get_fully_qualified_name() == '/robot1/policy_node'
 
 
-def test_demo_entry_point_completes_an_episode(tiny_model, tmp_path):
+def run_demo_command(model, tmp_path, *extra):
+    """`python -m dysl_ros demo` on `model` for pick_red: (stdout and stderr merged in the
+    order they came, JSON rows)."""
     out_json = tmp_path / 'demo.json'
-    cmd = [sys.executable, '-m', 'dysl_ros', 'demo', '--model', str(tiny_model), '--tasks',
-           'pick_red', '--episodes', '1', '--max-steps', '40', '--json', str(out_json)]
+    cmd = [sys.executable, '-m', 'dysl_ros', 'demo', '--model', str(model), '--tasks',
+           'pick_red', '--json', str(out_json), *extra]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT)},
-                            capture_output=True, text=True, timeout=150)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert 'pick_red' in result.stdout and 'success' in result.stdout
-    rows = json.loads(out_json.read_text())['rows']
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=150)
+    assert result.returncode == 0, result.stdout
+    return result.stdout, json.loads(out_json.read_text())['rows']
+
+
+def assert_clean_table(out, rows):
+    """The demo's table: its header, one line per row, then the summary; no log line and no
+    progress bar (stdout is not a terminal) anywhere."""
+    lines = out.splitlines()
+    assert '\r' not in out and not any(line.startswith(('[INFO]', '[WARN]', '[DEBUG]'))
+                                       for line in lines), out
+    h = next(i for i, line in enumerate(lines) if line.split()[:2] == ['ep', 'task'])
+    assert lines[h].split()[8:10] == ['dropped', 'stale'], out
+    for n, row in enumerate(rows):
+        cells = lines[h + 1 + n].split()
+        assert len(cells) == 12 and cells[:2] == [str(n), row['task']], out
+        assert cells[8:10] == [str(row['dropped_chunks']), str(row['stale_frames'])], out
+    assert lines[h + 1 + len(rows)].startswith('success: '), out
+
+
+def test_demo_entry_point_completes_an_episode(tiny_model, tmp_path):
+    out, rows = run_demo_command(tiny_model, tmp_path, '--episodes', '1', '--max-steps', '40')
     assert len(rows) == 1 and rows[0]['task'] == 'pick_red' and rows[0]['steps'] == 40
-    assert rows[0]['chunks'] >= 1, result.stdout + result.stderr  # the loop closed
+    assert rows[0]['chunks'] >= 1, out  # the loop closed
+    for key in ('dropped_chunks', 'stale_frames'):
+        assert isinstance(rows[0][key], int) and rows[0][key] >= 0, rows[0]
+    assert sum(rows[0]['dropped_by_reason'].values()) == rows[0]['dropped_chunks']
+    assert_clean_table(out, rows)
+
+
+@pytest.mark.parametrize('node', ['controller_node', 'policy_node'])
+def test_demo_counts_each_episodes_drops(tiny_model, tmp_path, node):
+    # 1 ms: every chunk is too old when it reaches the controller; nearly every frame is
+    # when the policy would step on it
+    limit = {'controller_node': 'max_chunk_age', 'policy_node': 'max_image_age'}[node]
+    params = tmp_path / 'params.yaml'
+    params.write_text(yaml.safe_dump({f'/**/{node}': {'ros__parameters': {limit: 0.001}}}))
+    out, rows = run_demo_command(tiny_model, tmp_path, '--episodes', '2', '--max-steps', '10',
+                                 '--params-file', str(params))
+    assert len(rows) == 2
+    for row in rows:  # this episode's own counts, not running totals
+        if node == 'controller_node':  # every chunk dropped
+            assert row['chunks'] >= 1 and row['dropped_chunks'] == row['chunks'], out
+            assert row['dropped_by_reason'].get('stale', 0) >= 1, row
+        else:  # each frame (the reset's, one per step) refused as stale or stepped on
+            assert 1 <= row['stale_frames'] <= row['steps'] + 1 - row['chunks'], out
+    assert_clean_table(out, rows)  # the node warned of each drop, out of sight
+    assert 'chunks dropped by the controller: ' in out
 
 
 def test_overhead_bench_times_camera_to_chunk_against_the_step(tiny_model, tmp_path):

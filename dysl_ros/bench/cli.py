@@ -12,6 +12,9 @@ BENCHES = {
                 'full depth vs DySL latency per backend, per-unit breakdown'),
     'ros-overhead': ('dysl_ros.nodes.overhead_bench',
                      'camera-to-chunk latency over ROS 2 against policy-only latency'),
+    'soak': ('dysl_ros.nodes.soak_bench',
+             'policy and controller nodes in their own processes under N frames at R Hz: '
+             'RSS over time, latency'),
 }
 
 

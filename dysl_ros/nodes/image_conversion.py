@@ -115,7 +115,7 @@ def encoded_size(head: bytes) -> tuple[int, int]:
             i += 2 + length
         raise ImageConversionError('decode', 'JPEG without a frame header in its first '
                                    f'{len(head)} bytes')
-    raise ImageConversionError('encoding', 'compressed data is neither PNG nor JPEG (the '
+    raise ImageConversionError('decode', 'compressed data is neither PNG nor JPEG (the '
                                'formats compressed_image_transport sends)')
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
 
 from ..paths import package_path
@@ -35,7 +36,26 @@ def ros_environment(domain_id: Optional[int] = None) -> dict[str, str]:
         os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     else:
         os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 101)))
+    large_frames_profile()
     return {k: os.environ[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')}
+
+
+LARGE_FRAMES_PROFILE = 'fastdds_large_frames.xml'
+
+
+def large_frames_profile() -> Optional[str]:
+    """Point FastDDS at config/fastdds_large_frames.xml (shared-memory segments that carry
+    camera frames whole) unless the user chose a profile or another RMW; call before
+    rclpy.init. Returns the profile file in use, if any."""
+    if os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+        return None
+    names = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+    chosen = next((os.environ[n] for n in names if os.environ.get(n)), None)
+    if chosen is None:
+        chosen = str(config_file(LARGE_FRAMES_PROFILE))
+        # Humble's FastDDS 2.6 reads the older name; FastDDS 3 warns that it is deprecated
+        os.environ[names[1] if os.environ.get('ROS_DISTRO') == 'humble' else names[0]] = chosen
+    return chosen
 
 
 def config_file(name: str) -> Path:
@@ -57,12 +77,27 @@ def ros_args(params_files: Sequence[Path] = (), log_level: Optional[str] = None)
     return ['--ros-args'] + args if args else []
 
 
+def spin_yielding(executor: MultiThreadedExecutor, running: Callable[[], bool]) -> None:
+    """executor.spin(), giving the GIL away after each callback it hands to its threads.
+
+    rclpy's MultiThreadedExecutor yields a callback it has already submitted to its thread
+    pool again and again until a pool thread starts it, so its spin loop busy-waits holding
+    the GIL that the pool thread needs to start (ros2/rclpy#1452, fixed the same way in
+    rclpy 10.0.4; Humble's rclpy and this machine's 9.1 spin). In the demo on 2 cores it ran
+    13-50 loops per callback, took up to a core, and stretched 5 ms policy steps to hundreds
+    of ms waiting for the GIL. Returns after executor.shutdown() once `running` is false.
+    """
+    while running():
+        executor.spin_once()  # returns once it has submitted a callback, or on shutdown
+        os.sched_yield()  # releases the GIL: the pool thread given the callback takes it
+
+
 class LocalLaunch:
     """Nodes in one process over real DDS; a context manager that tears everything down.
 
     num_threads: executor threads. The policy's inference and the sim's step each hold a
     thread while they wait for their model / env thread, so a CPU-count default (2 here)
-    would starve every other callback.
+    would starve every other callback. The executor spins with spin_yielding.
     """
 
     def __init__(self, params_files: Sequence[Path] = (), num_threads: int = 8,
@@ -73,6 +108,7 @@ class LocalLaunch:
         self.executor = MultiThreadedExecutor(num_threads=num_threads, context=self.context)
         self.nodes: list[Node] = []
         self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
 
     def add(self, node_class: Callable[..., Any], **kwargs: Any) -> Any:
         """Create a node in this launch's context and add it to the executor."""
@@ -90,17 +126,24 @@ class LocalLaunch:
 
     def _spin(self) -> None:
         try:
-            self.executor.spin()
+            spin_yielding(self.executor, lambda: self.context.ok() and not self._stop.is_set())
         except Exception:  # shutdown races end the spin; nothing to report then
             if self.context.ok():
                 raise
 
     def close(self) -> None:
-        """Stop spinning, destroy every node, shut the context down."""
+        """Stop spinning, shut lifecycle nodes down, destroy every node, shut the context
+        down."""
+        self._stop.set()
         self.executor.shutdown(timeout_sec=5.0)
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         for node in reversed(self.nodes):
+            if isinstance(node, LifecycleNode):
+                try:  # on_shutdown frees what configure made (the model and its thread)
+                    node.trigger_shutdown()
+                except Exception:  # already finalized, or on_shutdown failed: tear down anyway
+                    pass
             node.destroy_node()
         self.nodes.clear()
         rclpy.try_shutdown(context=self.context)

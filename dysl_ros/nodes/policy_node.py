@@ -106,6 +106,9 @@ PARAMS = (
           'torch also a baseline / ablation name of dysl_ros.runtime.methods'),
     Param('device', 'cpu', 'torch backend: torch device (cpu, cuda, cuda:0, ...)',
           check=_torch_device_problem),
+    Param('torch_threads', 1, 'torch backend: intra-op CPU threads, 0 = torch\'s default (one '
+          'per core); 1 leaves the other cores to ROS and the cameras (measured: two OpenMP '
+          'threads on 2 cores stretched p99 steps from 16 to 900 ms)', 0, 256),
     Param('ort_threads', 0, 'onnxruntime backend: intra-op threads, 0 = one per core', 0, 256),
     Param('precision', 'fp16', 'tensorrt backend: engine precision', choices=PRECISIONS),
     Param('engine_cache', '', 'tensorrt backend: engine cache directory; empty: the runner\'s '
@@ -131,6 +134,9 @@ PARAMS = (
     Param('image_height', 0, 'expected image height in pixels; 0 accepts any', 0, 8192),
     Param('max_image_age', 0.5, 'seconds; an older frame is stale: no chunk is produced',
           0.001, 60.0),
+    Param('max_camera_skew', 0.02, 'seconds; frames of the cameras stamped this close are of '
+          'one moment: after a primary frame the step waits this long at most for the other '
+          'cameras\' frames of its moment, then steps on the newest it has', 0.0, 1.0),
     Param('max_future_stamp', 0.25, 'seconds; a frame stamped further ahead of this node\'s '
           'clock is refused (its sender\'s clock is wrong)', 0.0, 60.0),
     Param('inference_rate', 0.0, 'Hz; 0 infers on every new primary frame once the previous '
@@ -158,6 +164,7 @@ class PolicyNodeConfig:
     backend: str
     method: str
     device: str
+    torch_threads: int
     ort_threads: int
     precision: str
     engine_cache: str
@@ -171,6 +178,7 @@ class PolicyNodeConfig:
     image_width: int
     image_height: int
     max_image_age: float
+    max_camera_skew: float
     max_future_stamp: float
     inference_rate: float
     control_rate: float
@@ -279,7 +287,7 @@ class PolicyNode(LifecycleNode):
                                               callback_group=self._input_group)
         with self._lock:
             self._gate = FrameGate(self.cfg.camera_names, self.cfg.max_image_age,
-                                   self.cfg.max_future_stamp)
+                                   self.cfg.max_future_stamp, self.cfg.max_camera_skew)
             self._instruction = self.cfg.instruction.strip()
             self._episode += 1
         spec = self.policy.spec
@@ -389,7 +397,8 @@ class PolicyNode(LifecycleNode):
                            if isinstance(e, ImageConversionError) else str(e))
             return
         with self._lock:
-            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp))
+            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp,
+                                                             self._now_ns()))
         if cfg.inference_rate <= 0:  # any camera: the primary's frame may wait for this one
             self._wake.set()
 
@@ -433,36 +442,43 @@ class PolicyNode(LifecycleNode):
     # ---- inference (the model thread) ---------------------------------------------------------
     def _serve(self) -> None:
         """Step whenever woken, from activate until _stop_serving."""
+        timeout = None
         while True:
-            self._wake.wait()
+            self._wake.wait(timeout)
             self._wake.clear()
             if self._stopping:
                 return
             try:
-                self._infer()
+                timeout = self._infer()
             except Exception as e:  # the loop outlives any bug in one step
+                timeout = None
                 self._complain('inference', f'step failed: {type(e).__name__}: {e}')
 
-    def _infer(self) -> None:
+    def _infer(self) -> Optional[float]:
+        """One step if the frames are there; returns seconds until a step that waits for a
+        lagging camera goes ahead without it (None: nothing pending)."""
         with self._lock:
             if not self._active:
-                return
+                return None
             instruction, episode = self._instruction, self._episode
+            now = self._now_ns()
             try:
-                frames = self._gate.take(self._now_ns()) if instruction else None
-                missing = self._gate.missing()
+                frames = self._gate.take(now) if instruction else None
+                missing, deadline = self._gate.missing(), self._gate.deadline_ns()
             except Rejected as e:
-                frames, missing, rejected = None, [], e
+                frames, missing, deadline, rejected = None, [], None, e
             else:
                 rejected = None
         if rejected is not None:
             self._complain(rejected.kind, str(rejected))
-            return
+            return None
         if frames is None:
             if missing or not instruction:
                 self._note('waiting', 'waiting for ' + (f'cameras {missing}' if missing
                                                         else 'an instruction'))
-            return
+            elif deadline is not None:
+                return max(deadline - now, 0) * 1e-9 + 1e-4
+            return None
         stamp = frames[self._gate.primary].stamp_ns
         if self._policy_episode != episode:
             self.policy.reset()
@@ -474,15 +490,15 @@ class PolicyNode(LifecycleNode):
             self._policy_episode = -1  # start the action history over at the next step
             self._complain('non_finite', 'non-finite values in the model output: no chunk, '
                            'action history cleared')
-            return
+            return None
         except Exception as e:  # the node survives a failing step and says why
             self._complain('inference', f'policy step failed: {type(e).__name__}: {e}')
-            return
+            return None
         policy_ms = (time.perf_counter() - t0) * 1e3
         msg = self._chunk_msg(stamp, chunk)
         with self._lock:
             if not self._active or self._episode != episode:
-                return  # deactivated or a new episode began during the step
+                return None  # deactivated or a new episode began during the step
             self._chunk_pub.publish(msg)
             c2c_ms = (self._now_ns() - stamp) * 1e-6
             self._seq += 1
@@ -498,6 +514,7 @@ class PolicyNode(LifecycleNode):
             'verified': bool(step.verified), 'allow_points': list(step.allow_points),
             'policy_ms': policy_ms, 'camera_to_chunk_ms': c2c_ms,
             'latency_ms': dict(step.latency_ms)})))
+        return None
 
     def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
         msg = JointTrajectory(joint_names=self._action_names())
@@ -513,6 +530,9 @@ class PolicyNode(LifecycleNode):
     # ---- helpers -----------------------------------------------------------------------------
     def _load(self, cfg: PolicyNodeConfig) -> Any:
         t0 = time.perf_counter()
+        if cfg.backend == 'torch' and cfg.torch_threads:
+            import torch
+            torch.set_num_threads(cfg.torch_threads)  # process-wide
         policy = load_policy(cfg, log=self.get_logger().info)
         cams = tuple(policy.spec.cameras)
         if set(cfg.camera_names) != set(cams):

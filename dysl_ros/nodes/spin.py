@@ -15,14 +15,18 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from .launcher import large_frames_profile
+
 
 def spin_node(make_node: Callable[[], Node], args: Optional[list[str]] = None,
               on_start: Optional[Callable[[Node], None]] = None) -> None:
     """Run one node until Ctrl-C or shutdown (Humble-safe: no `with rclpy.init()`).
 
     A node that cannot start (an invalid parameter) exits with status 2 and one line saying
-    why, not a traceback.
+    why, not a traceback. FastDDS gets the package's large-frames profile unless the
+    environment names one (launcher.large_frames_profile).
     """
+    large_frames_profile()
     rclpy.init(args=args)
     node = None
     try:

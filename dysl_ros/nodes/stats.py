@@ -14,6 +14,7 @@ import numpy as np
 # lost (lost); a model output with NaN / inf; a failing step.
 ERROR_KINDS = ('encoding', 'size', 'decode', 'stamp', 'out_of_order', 'stale', 'instruction',
                'qos', 'lost', 'non_finite', 'inference')
+EPISODE_STEPS = 10_000  # steps of the current episode kept for its summary (the latest)
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
@@ -42,7 +43,7 @@ class PolicyStats:
             raise ValueError(f'window={window} is invalid: expected >= 1')
         self._lock = threading.Lock()
         self._recent: deque = deque(maxlen=window)
-        self._episode: list[StepRecord] = []
+        self._episode: deque = deque(maxlen=EPISODE_STEPS)  # bounded: an episode may not end
         self.errors: Counter = Counter()
         self.frames_received = 0
         self.frames_dropped = 0  # overwritten by a newer frame before inference used them
@@ -64,12 +65,12 @@ class PolicyStats:
             self.verifications += int(record.verified)
             self._recent.append(record)
             if self._episode and self._episode[-1].episode != record.episode:
-                self._episode = []
+                self._episode.clear()
             self._episode.append(record)
 
     def new_episode(self) -> None:
         with self._lock:
-            self._episode = []
+            self._episode.clear()
 
     @property
     def error_total(self) -> int:

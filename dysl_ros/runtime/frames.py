@@ -6,7 +6,11 @@ Times are integer nanoseconds on the clock that stamps the frames (a node's ROS 
   (a camera with a wrong clock must not make every later, true frame look out of order), or
   not newer than the last frame accepted from its camera.
 - A step takes the newest frame of every camera once the primary camera (the first) has one
-  that no step used; it is refused as stale when any frame is older than `max_age`.
+  that no step used. Cameras of one rig are published one after the other, so a step waits
+  up to `max_skew` after the primary frame arrived for the others' frames of the same moment
+  (stamped no more than `max_skew` before it), then steps on the newest it has: a lagging
+  or slower camera delays a step by at most `max_skew`, never stops it.
+- A step is refused as stale when any of its frames is older than `max_age`.
 - `clear()` forgets frames and stamps: a new episode, a reset, a lifecycle transition.
 
 Not thread-safe: the caller serialises calls (the policy node holds its lock).
@@ -31,18 +35,21 @@ class Rejected(ValueError):
 class Frame:
     rgb: np.ndarray
     stamp_ns: int
+    arrival_ns: int
     used: bool = False
 
 
 class FrameGate:
     """The newest acceptable frame per camera and the decision to step on them."""
 
-    def __init__(self, cameras: Sequence[str], max_age_s: float, max_future_s: float):
+    def __init__(self, cameras: Sequence[str], max_age_s: float, max_future_s: float,
+                 max_skew_s: float = 0.0):
         if not cameras:
             raise ValueError('cameras=[] is invalid: expected at least one camera')
         self.cameras = tuple(cameras)
         self.max_age_ns = int(max_age_s * 1e9)
         self.max_future_ns = int(max_future_s * 1e9)
+        self.max_skew_ns = int(max_skew_s * 1e9)
         self._frames: dict[str, Frame] = {}
         self._last: dict[str, int] = {}
 
@@ -65,19 +72,23 @@ class FrameGate:
             raise Rejected('out_of_order', f'camera {camera!r}: frame stamped {_s(stamp_ns)} '
                            f'is not newer than the last one ({_s(last)}): dropped')
 
-    def put(self, camera: str, rgb: np.ndarray, stamp_ns: int) -> bool:
+    def put(self, camera: str, rgb: np.ndarray, stamp_ns: int, now_ns: int) -> bool:
         """Store a checked frame; returns whether it replaced one no step used."""
         old = self._frames.get(camera)
-        self._frames[camera] = Frame(rgb, stamp_ns)
+        self._frames[camera] = Frame(rgb, stamp_ns, now_ns)
         self._last[camera] = stamp_ns
         return old is not None and not old.used
 
     def take(self, now_ns: int) -> Optional[dict[str, Frame]]:
         """The frames to step on (marked used), or None while the primary camera has no new
-        frame or another camera has none yet (`missing()` says which). Raises Rejected
-        ('stale') when a frame is older than max_age; those frames count as used."""
+        frame, another camera has none yet (`missing()` says which) or a step waits for a
+        lagging camera (`deadline_ns()` says until when). Raises Rejected ('stale') when a
+        frame is older than max_age; those frames count as used."""
         first = self._frames.get(self.primary)
         if first is None or first.used or self.missing():
+            return None
+        deadline = self.deadline_ns()
+        if deadline is not None and now_ns < deadline:
             return None
         frames = dict(self._frames)
         for f in frames.values():
@@ -88,6 +99,17 @@ class FrameGate:
             raise Rejected('stale', f'stale frames (age s) {stale} > max_image_age='
                            f'{_s(self.max_age_ns)}: no chunk')
         return frames
+
+    def deadline_ns(self) -> Optional[int]:
+        """While a camera's newest frame is older than the pending primary frame by more than
+        max_skew: when the step goes ahead without its frame of that moment; else None."""
+        first = self._frames.get(self.primary)
+        if first is None or first.used:
+            return None
+        oldest = min(f.stamp_ns for f in self._frames.values())
+        if oldest >= first.stamp_ns - self.max_skew_ns:
+            return None
+        return first.arrival_ns + self.max_skew_ns
 
     def missing(self) -> list[str]:
         return [c for c in self.cameras if c not in self._frames]

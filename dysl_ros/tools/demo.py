@@ -4,8 +4,10 @@ The MuJoCo tabletop (sim_node), the DySL policy (policy_node) and the chunk cont
 (controller_node) run as ROS nodes in this process, spun by one MultiThreadedExecutor: the
 same nodes and parameter files as launch/sim_demo.launch.py, without `ros2 launch`. For each
 task it runs a few episodes and prints one row per episode: success, steps, how many steps the
-robot held for lack of a command, mean layers run, and latency (policy step and camera to
-chunk, medians).
+robot held for lack of a command, chunks, mean layers run, verifications, chunks the
+controller dropped (too old, too late, ... by reason in --json), frames the policy found
+stale, and latency (policy step and camera to chunk, medians). The nodes log errors only
+(--verbose: everything from info up); on a terminal a progress bar stands below the table.
 
 The model is models/default when it is there; otherwise a freshly built random model (the
 command still works end to end; its success rate is zero). DDS stays on this machine
@@ -20,8 +22,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -46,14 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--episodes', type=int, default=DEFAULT_EPISODES,
                         help=f'episodes per task (default {DEFAULT_EPISODES})')
     parser.add_argument('--tasks', nargs='+', metavar='NAME',
-                        help='task names (default: every task)')
+                        help='task names, or any unique part of one (drawer: open_drawer); '
+                        'default: every task')
     parser.add_argument('--max-steps', type=int, default=0,
                         help='episode time limit in steps (default: each task\'s own)')
     parser.add_argument('--mode', default='replace', choices=('replace', 'ensemble'),
                         help='how the controller splices chunks (default replace)')
     parser.add_argument('--seed', type=int, default=0, help='first episode seed (default 0)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='intra-op threads of the policy (torch, onnxruntime); default 1: '
+                        'the sim, the executor and the policy share the cores (2 torch threads '
+                        'on 2 cores: steps 2x slower on median, 25x at worst)')
+    parser.add_argument('--params-file', action='append', default=[], metavar='PATH',
+                        help='ROS parameters file for the nodes, over config/policy.yaml and '
+                        'config/sim.yaml (repeatable; a later file wins)')
     parser.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
-    parser.add_argument('--verbose', action='store_true', help='show the nodes\' info logs')
+    parser.add_argument('--verbose', action='store_true',
+                        help='show the nodes\' logs from info up (default: errors only) and no '
+                        'progress bar')
 
 
 def build_random_model(directory: Path, cfg: Optional[VLAConfig] = None, seed: int = 0,
@@ -88,14 +101,24 @@ def build_random_model_apart(directory: Path, seed: int = 0, export: bool = Fals
     return Path(directory)
 
 
-def run(args: argparse.Namespace) -> int:
+def select_tasks(wanted: Optional[list[str]]) -> list:
+    """The tasks named in `wanted` (a name, or a part of exactly one name), in TASKS order;
+    every task when None. ValueError names what matched none or several."""
     from ..sim import TASKS
     names = [t.name for t in TASKS]
-    tasks = [t for t in TASKS if not args.tasks or t.name in args.tasks]
-    unknown = sorted(set(args.tasks or ()) - set(names))
-    if unknown or args.episodes < 1:
-        print(f'error: unknown tasks {unknown}; known: {names}' if unknown
-              else f'error: --episodes={args.episodes} must be >= 1')
+    chosen = set()
+    for word in wanted or names:
+        hits = [n for n in names if n == word] or [n for n in names if word in n]
+        if len(hits) != 1:
+            raise ValueError(f'--tasks {word!r} matches {hits or "no task"}; known: {names}')
+        chosen.add(hits[0])
+    return [t for t in TASKS if t.name in chosen]
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = select_tasks(args.tasks)
+    if args.episodes < 1 or args.threads < 1:
+        print(f'error: --episodes={args.episodes} and --threads={args.threads} must be >= 1')
         return 2
     with tempfile.TemporaryDirectory(prefix='dysl_demo_') as tmp:
         model = Path(args.model) if args.model else default_model_dir()
@@ -124,17 +147,21 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
     from ..nodes.policy_node import PolicyNode
     from ..nodes.sim_node import SimNode
 
-    files = [config_file('policy.yaml'), config_file('sim.yaml')]
+    files = [config_file('policy.yaml'), config_file('sim.yaml')] + \
+        [Path(f) for f in args.params_file]
     rows: list[dict] = []
-    with LocalLaunch(files, log_level=None if args.verbose else 'warn') as launch:
+    with LocalLaunch(files, log_level=None if args.verbose else 'error') as launch:
         print(f'ROS 2 on this machine only, domain {launch.env["ROS_DOMAIN_ID"]}; model {model} '
               f'({args.backend}, {args.method})')
         launch.add(SimNode, parameter_overrides=[
             Parameter('seed', value=args.seed), Parameter('max_steps', value=args.max_steps)])
         policy = launch.add(PolicyNode, parameter_overrides=[
             Parameter('model_path', value=str(model)), Parameter('backend', value=args.backend),
-            Parameter('method', value=args.method), Parameter('device', value=args.device)])
-        launch.add(ControllerNode, parameter_overrides=[Parameter('mode', value=args.mode)])
+            Parameter('method', value=args.method), Parameter('device', value=args.device),
+            Parameter('torch_threads', value=args.threads),
+            Parameter('ort_threads', value=args.threads)])
+        controller = launch.add(ControllerNode, parameter_overrides=[
+            Parameter('mode', value=args.mode)])
         driver = launch.add(EpisodeDriver)
         launch.start()
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -147,24 +174,55 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
         wait_for(lambda: driver.instruction_pub.get_subscription_count() >= 3
                  and publishers_matched(launch.nodes, topics), 30.0,
                  'the nodes to discover each other')
-        print(f'{"ep":>3} {"task":<15} {"success":>7} {"steps":>5} {"holds":>5} '
-              f'{"chunks":>6} {"layers":>11} {"verified":>8} {"policy ms":>9} '
-              f'{"cam->chunk ms":>13}')
-        episodes = [(t, i) for t in tasks for i in range(args.episodes)]
-        for n, (task, _) in enumerate(tqdm(episodes, desc='episodes', leave=False)):
-            limit = args.max_steps or task.max_steps
-            row = driver.run_episode(task.instruction, timeout=limit / 20.0 * 4 + 30.0)
-            rows.append(row)
-            tqdm.write(_format_row(n, row))
+        print(HEADER)
+        episodes = [task for task in tasks for _ in range(args.episodes)]
+        # the bar only on a terminal (disable=None), cleared by tqdm.write before each row;
+        # none with --verbose, whose log lines would break it
+        with tqdm(total=len(episodes), desc='episodes', unit='ep', leave=False,
+                  disable=True if args.verbose else None) as bar:
+            for n, task in enumerate(episodes):
+                bar.set_postfix_str(task.name)
+                limit = args.max_steps or task.max_steps
+                before = episode_counts(controller, policy)
+                row = driver.run_episode(task.instruction, timeout=limit / 20.0 * 4 + 30.0)
+                row.update(count_delta(before, episode_counts(controller, policy)))
+                rows.append(row)
+                tqdm.write(format_row(n, row), file=sys.stdout)
+                bar.update()
     return rows
 
 
-def _format_row(n: int, r: dict) -> str:
+def episode_counts(controller: Any, policy: Any) -> dict[str, Counter]:
+    """The controller's dropped chunks by reason and the policy's errors by kind, so far.
+
+    Read without the nodes' locks: dict() copies a Counter in one C call under the GIL, so a
+    copy is never half-updated; a count racing the copy lands in the next episode's delta.
+    """
+    return {'dropped': Counter(dict(controller.chunks.stats.dropped)),
+            'errors': Counter(dict(policy.stats.errors))}
+
+
+def count_delta(before: dict[str, Counter], after: dict[str, Counter]) -> dict:
+    """The table's per-episode counts: chunks the controller dropped (any reason) and frames
+    the policy found stale, between two episode_counts."""
+    dropped = after['dropped'] - before['dropped']
+    return {'dropped_chunks': sum(dropped.values()), 'dropped_by_reason': dict(dropped),
+            'stale_frames': (after['errors'] - before['errors'])['stale']}
+
+
+HEADER = (f'{"ep":>3} {"task":<15} {"success":>7} {"steps":>5} {"holds":>5} {"chunks":>6} '
+          f'{"layers":>11} {"verified":>8} {"dropped":>7} {"stale":>5} {"policy ms":>9} '
+          f'{"cam->chunk ms":>13}')
+
+
+def format_row(n: int, r: dict) -> str:
+    """One table line under HEADER."""
     layers = (f'{r["layers_run_mean"]:.1f}/{r["layers_total"]}'
               if r['layers_run_mean'] is not None else 'n/a')
     ms = (lambda v: f'{v:.1f}' if v is not None else 'n/a')
     return (f'{n:>3} {r["task"]:<15} {str(r["success"]):>7} {r["steps"]:>5} {r["holds"]:>5} '
-            f'{r["chunks"]:>6} {layers:>11} {r["verified"]:>8} {ms(r["policy_ms_p50"]):>9} '
+            f'{r["chunks"]:>6} {layers:>11} {r["verified"]:>8} {r["dropped_chunks"]:>7} '
+            f'{r["stale_frames"]:>5} {ms(r["policy_ms_p50"]):>9} '
             f'{ms(r["camera_to_chunk_ms_p50"]):>13}')
 
 
@@ -174,3 +232,9 @@ def _print_summary(rows: list[dict]) -> None:
              for t in tasks]
     print('success: ' + ', '.join(parts) +
           f'; overall {np.mean([r["success"] for r in rows]):.0%} of {len(rows)} episodes')
+    dropped = sum((Counter(r['dropped_by_reason']) for r in rows), Counter())
+    stale = sum(r['stale_frames'] for r in rows)
+    if dropped or stale:
+        reasons = ', '.join(f'{k} {v}' for k, v in sorted(dropped.items())) or 'none'
+        print(f'chunks dropped by the controller: {reasons}; stale frames: {stale} '
+              '(--verbose shows the nodes\' warnings)')
