@@ -11,8 +11,9 @@ the other process down):
    the chunk; the camera node receives it. One frame is in flight at a time, so nothing
    queues. camera -> chunk = chunk received - image stamp; the node's own step time and
    publish time come from its ~/step_stats, so the ROS overhead per frame = camera -> chunk
-   - that step, split into frames in (transport, conversion, scheduling up to the publish)
-   and chunk out (transport of the chunk).
+   - that step, split by the node's stages_ms (frame in: stamp to the camera callback;
+   conversion; wake and pairing: to the step's start; chunk message and publish) and chunk
+   out (published to received here).
 
     python -m dysl_ros bench ros-overhead --frames 200 [--process] [--json out.json]
 """
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             'policy.step in the node': in_node,
             'camera -> chunk': c2c,
             'ROS overhead (camera -> chunk - step in node)': c2c - in_node,
-            '  frames in: stamp -> step done, - step': published - in_node,
+            **{f'  {k}': np.array(v) for k, v in ros['stages_ms'].items() if k != 'step'},
             '  chunk out: published -> received': c2c - published}
     where = 'its own process' if args.process else 'this process'
     print(f'ROS overhead: {args.backend} / {args.method}, {args.width}x{args.height} rgb8 x 2 '
@@ -187,8 +188,10 @@ def _measure(args: argparse.Namespace, model: Path, frame: np.ndarray
     steps = [camera.node_step[stamp] for stamp, _ in camera.results]
     node_layers = [camera.node_layers[stamp] for stamp, _ in camera.results]
     published = [camera.node_published[stamp] for stamp, _ in camera.results]
+    stages = [camera.node_stages[stamp] for stamp, _ in camera.results]
     return {'direct_ms': times, 'camera_to_chunk_ms': c2c, 'node_step_ms': steps,
             'published_ms': published,
+            'stages_ms': {k: [s[k] for s in stages] for k in stages[0]},
             'direct_layers': layers, 'node_layers': node_layers}
 
 
@@ -223,7 +226,10 @@ def _Camera(context: Any, frame: np.ndarray) -> Any:
             self.node_step: dict[int, float] = {}
             self.node_published: dict[int, float] = {}  # image stamp -> chunk published
             self.node_layers: dict[int, int] = {}
+            self.node_stages: dict[int, dict[str, float]] = {}
             self._pending: Optional[int] = None
+            # built once: the stamp is taken when a frame is sent, not before its bytes exist
+            self._msgs = [rgb_to_image(frame) for _ in range(2)]
             self._answered = threading.Event()
 
         def matched(self) -> bool:
@@ -237,9 +243,10 @@ def _Camera(context: Any, frame: np.ndarray) -> Any:
                 now = self.get_clock().now()
                 self._pending = now.nanoseconds
                 self._answered.clear()
-                stamp = now.to_msg()
-                self.wrist.publish(rgb_to_image(frame, stamp=stamp))
-                self.front.publish(rgb_to_image(frame, stamp=stamp))
+                for msg in self._msgs:
+                    msg.header.stamp = now.to_msg()
+                self.wrist.publish(self._msgs[1])
+                self.front.publish(self._msgs[0])
                 if self._answered.wait(timeout):
                     return
             raise TimeoutError('no chunk for three frames in a row')
@@ -256,5 +263,6 @@ def _Camera(context: Any, frame: np.ndarray) -> Any:
             self.node_step[info['stamp_ns']] = info['policy_ms']
             self.node_published[info['stamp_ns']] = info['camera_to_chunk_ms']
             self.node_layers[info['stamp_ns']] = info['layers_run']
+            self.node_stages[info['stamp_ns']] = info['stages_ms']
 
     return Camera()

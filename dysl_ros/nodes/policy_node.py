@@ -381,10 +381,10 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Any) -> None:
         cfg = self.cfg
-        stamp = _stamp_ns(msg.header.stamp)
+        stamp, arrival = _stamp_ns(msg.header.stamp), self._now_ns()
         try:
             with self._lock:  # cheap checks first: a refused frame is never converted
-                self._gate.check(camera, stamp, self._now_ns())
+                self._gate.check(camera, stamp, arrival)
             rgb = msg_to_rgb(msg)
             h, w = rgb.shape[:2]
             if (cfg.image_width and w != cfg.image_width) or \
@@ -397,7 +397,7 @@ class PolicyNode(LifecycleNode):
                            if isinstance(e, ImageConversionError) else str(e))
             return
         with self._lock:
-            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp,
+            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp, arrival,
                                                              self._now_ns()))
         if cfg.inference_rate <= 0:  # any camera: the primary's frame may wait for this one
             self._wake.set()
@@ -479,10 +479,12 @@ class PolicyNode(LifecycleNode):
             elif deadline is not None:
                 return max(deadline - now, 0) * 1e-9 + 1e-4
             return None
-        stamp = frames[self._gate.primary].stamp_ns
+        first = frames[self._gate.primary]
+        stamp = first.stamp_ns
         if self._policy_episode != episode:
             self.policy.reset()
             self._policy_episode = episode
+        start = self._now_ns()
         t0 = time.perf_counter()
         try:
             chunk, step = self.policy.step({c: f.rgb for c, f in frames.items()}, instruction)
@@ -513,6 +515,13 @@ class PolicyNode(LifecycleNode):
             'layer_ids': list(step.layer_ids), 'skipped_at': list(step.skipped_at),
             'verified': bool(step.verified), 'allow_points': list(step.allow_points),
             'policy_ms': policy_ms, 'camera_to_chunk_ms': c2c_ms,
+            # where camera -> chunk went, for the primary frame (ms, they add up)
+            'stages_ms': {'frame in': (first.arrival_ns - stamp) * 1e-6,
+                          'conversion': (first.ready_ns - first.arrival_ns) * 1e-6,
+                          'wake and pairing': (start - first.ready_ns) * 1e-6,
+                          'step': policy_ms,
+                          'chunk message and publish':
+                              c2c_ms - (start - stamp) * 1e-6 - policy_ms},
             'latency_ms': dict(step.latency_ms)})))
         return None
 

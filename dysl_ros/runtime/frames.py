@@ -35,7 +35,8 @@ class Rejected(ValueError):
 class Frame:
     rgb: np.ndarray
     stamp_ns: int
-    arrival_ns: int
+    arrival_ns: int  # when its message reached the node
+    ready_ns: int  # when it was converted and stored
     used: bool = False
 
 
@@ -72,10 +73,11 @@ class FrameGate:
             raise Rejected('out_of_order', f'camera {camera!r}: frame stamped {_s(stamp_ns)} '
                            f'is not newer than the last one ({_s(last)}): dropped')
 
-    def put(self, camera: str, rgb: np.ndarray, stamp_ns: int, now_ns: int) -> bool:
+    def put(self, camera: str, rgb: np.ndarray, stamp_ns: int, arrival_ns: int,
+            now_ns: int) -> bool:
         """Store a checked frame; returns whether it replaced one no step used."""
         old = self._frames.get(camera)
-        self._frames[camera] = Frame(rgb, stamp_ns, now_ns)
+        self._frames[camera] = Frame(rgb, stamp_ns, arrival_ns, now_ns)
         self._last[camera] = stamp_ns
         return old is not None and not old.used
 
