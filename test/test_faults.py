@@ -525,3 +525,28 @@ def test_real_camera_sizes_at_30_hz_reach_the_node(rig, width, height, encoding)
         chunks = len(c.chunks)
     assert arrived >= 0.8 * sent, (arrived, sent)
     assert chunks >= 0.5 * sent, (chunks, sent)
+
+
+def test_invalid_start_parameters_get_one_clear_line_not_a_traceback():
+    """A choice the policy node (lifecycle) checks at configure: it comes up and refuses to
+    configure, saying which parameter is wrong. Out of range (rclpy refuses it at start), or
+    invalid for the controller (read-only parameters): exit 2 with that line."""
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    policy = subprocess.Popen(_node_cmd('policy_node', 'autostart:=true', 'backend:=nope'),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    exits = [subprocess.run(_node_cmd(*cmd), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+             for cmd in (('controller_node', 'mode:=nope'),
+                         ('policy_node', 'diagnostics_rate:=0.0'))]
+    time.sleep(2.0)
+    alive = policy.poll() is None
+    policy.send_signal(signal.SIGINT)
+    out, _ = policy.communicate(timeout=30)
+    assert alive and policy.returncode == 0, out
+    assert "configure failed: parameter backend='nope' is invalid: expected one of" in out, out
+    assert 'Traceback' not in out, out
+    for result, why in zip(exits, ("mode='nope' is invalid", 'diagnostics_rate out of range')):
+        text = result.stdout + result.stderr
+        assert result.returncode == 2 and why in result.stderr, text
+        assert 'Traceback' not in text, text

@@ -233,7 +233,8 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = 'policy_node', **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        self._values = declare_params(self, PARAMS, check=False)  # checked at configure
+        # rclpy refuses out-of-range start values here; the rest is checked at configure
+        self._values = declare_params(self, PARAMS, check=False)
         self.cfg: Optional[PolicyNodeConfig] = None
         self.policy: Any = None
         self.stats = PolicyStats(int(self._values['stats_window']))
@@ -343,7 +344,8 @@ class PolicyNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Stop the inference loop and free the model first: a non-daemon model thread left
         waiting would keep the process from exiting."""
-        self._abort()
+        if hasattr(self, '_diag_timer'):  # constructed (a failed __init__ leaves a bare node)
+            self._abort()
         super().destroy_node()
 
     def _abort(self) -> TransitionCallbackReturn:

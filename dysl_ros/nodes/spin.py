@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Optional
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -22,8 +23,8 @@ def spin_node(make_node: Callable[[], Node], args: Optional[list[str]] = None,
               on_start: Optional[Callable[[Node], None]] = None) -> None:
     """Run one node until Ctrl-C or shutdown (Humble-safe: no `with rclpy.init()`).
 
-    A node that cannot start (an invalid parameter) exits with status 2 and one line saying
-    why, not a traceback. FastDDS gets the package's large-frames profile unless the
+    A node that cannot start (an invalid start parameter: out of range, or refused by the
+    node) exits with status 2 and one line saying why, not a traceback. FastDDS gets the package's large-frames profile unless the
     environment names one (launcher.large_frames_profile).
     """
     large_frames_profile()
@@ -32,7 +33,7 @@ def spin_node(make_node: Callable[[], Node], args: Optional[list[str]] = None,
     try:
         try:
             node = make_node()
-        except ValueError as e:
+        except (ValueError, ParameterException) as e:  # invalid start parameters
             print(f'error: {e}', file=sys.stderr)
             sys.exit(2)
         executor = SingleThreadedExecutor()

@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--mode', default='replace', choices=('replace', 'ensemble'),
                         help='how the controller splices chunks (default replace)')
     parser.add_argument('--seed', type=int, default=0, help='first episode seed (default 0)')
+    parser.add_argument('--execute', type=int, default=8, metavar='N',
+                        help='actions of each chunk executed before the next inference (the '
+                        'policy infers at control rate / N); default 8, as the default model '
+                        'was calibrated and benchmarked; 1 replans every control tick')
     parser.add_argument('--threads', type=int, default=1,
                         help='intra-op threads of the policy (torch, onnxruntime); default 1: '
                         'the sim, the executor and the policy share the cores (2 torch threads '
@@ -117,8 +121,9 @@ def select_tasks(wanted: Optional[list[str]]) -> list:
 
 def run(args: argparse.Namespace) -> int:
     tasks = select_tasks(args.tasks)
-    if args.episodes < 1 or args.threads < 1:
-        print(f'error: --episodes={args.episodes} and --threads={args.threads} must be >= 1')
+    if min(args.episodes, args.threads, args.execute) < 1:
+        print(f'error: --episodes={args.episodes}, --threads={args.threads} and '
+              f'--execute={args.execute} must be >= 1')
         return 2
     with tempfile.TemporaryDirectory(prefix='dysl_demo_') as tmp:
         model = Path(args.model) if args.model else default_model_dir()
@@ -159,7 +164,10 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
             Parameter('model_path', value=str(model)), Parameter('backend', value=args.backend),
             Parameter('method', value=args.method), Parameter('device', value=args.device),
             Parameter('torch_threads', value=args.threads),
-            Parameter('ort_threads', value=args.threads)])
+            Parameter('ort_threads', value=args.threads),
+            Parameter('executed_actions', value=args.execute)])
+        rate = policy.get_parameter('control_rate').value / args.execute
+        policy.set_parameters([Parameter('inference_rate', value=rate)])
         controller = launch.add(ControllerNode, parameter_overrides=[
             Parameter('mode', value=args.mode)])
         driver = launch.add(EpisodeDriver)
