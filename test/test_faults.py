@@ -382,15 +382,21 @@ def _png_bomb() -> CompressedImage:
     return msg
 
 
-def _compressed_faults(c: Client):
-    """Switch the node to compressed transport (parameters + a lifecycle cycle), send a
-    decompression bomb, garbage and nothing, check a good compressed frame, switch back."""
+def _switch_transport(c: Client, transport: str, publisher):
+    """image_transport takes effect at configure: deactivate, cleanup, set, configure,
+    activate."""
     assert c.transition(Transition.TRANSITION_DEACTIVATE)
     assert c.transition(Transition.TRANSITION_CLEANUP)
-    assert c.set_param('image_transport', 'compressed').successful
+    assert c.set_param('image_transport', transport).successful
     assert c.transition(Transition.TRANSITION_CONFIGURE)
     assert c.transition(Transition.TRANSITION_ACTIVATE)
-    wait_for(lambda: c.front_c.get_subscription_count() > 0, 10.0, 'compressed subscriptions')
+    wait_for(lambda: publisher.get_subscription_count() > 0, 10.0, f'{transport} subscriptions')
+
+
+def _compressed_faults(c: Client):
+    """Switch the node to compressed transport, send a decompression bomb, garbage and
+    nothing, check a good compressed frame, switch back."""
+    _switch_transport(c, 'compressed', c.front_c)
     c.fresh_diagnostics()  # configure starts the counts over
     before = {k: c.counter('policy_node', f'errors_{k}') for k in ('size', 'decode')}
     bomb = _png_bomb()
@@ -412,12 +418,7 @@ def _compressed_faults(c: Client):
     c.fresh_diagnostics()
     assert c.counter('policy_node', 'errors_size') > before['size']  # the bomb, not decoded
     assert c.counter('policy_node', 'errors_decode') >= before['decode'] + 3
-    assert c.transition(Transition.TRANSITION_DEACTIVATE)
-    assert c.transition(Transition.TRANSITION_CLEANUP)
-    assert c.set_param('image_transport', 'raw').successful
-    assert c.transition(Transition.TRANSITION_CONFIGURE)
-    assert c.transition(Transition.TRANSITION_ACTIVATE)
-    wait_for(lambda: c.front.get_subscription_count() > 0, 10.0, 'raw subscriptions')
+    _switch_transport(c, 'raw', c.front)
 
 
 P, C = 'policy_node', 'controller_node'

@@ -37,13 +37,18 @@ from tqdm import tqdm
 INSTRUCTION = 'pick up the red block'
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --backend, --method, --device: the policy node's model (benches of the node)."""
     parser.add_argument('--model', metavar='DIR', help='model or export directory (default: '
                         'models/default, or a random default-size model while that is absent)')
     parser.add_argument('--backend', default='torch',
                         choices=('torch', 'onnxruntime', 'tensorrt'), help='default torch')
     parser.add_argument('--method', default='dysl', help='dysl (default) or full')
     parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_policy_arguments(parser)
     parser.add_argument('--frames', type=int, default=200, help='measured frames (default 200)')
     parser.add_argument('--warmup', type=int, default=10, help='unmeasured frames (default 10)')
     parser.add_argument('--width', type=int, default=64, help='camera width (default 64)')

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .overhead_bench import INSTRUCTION, _arg, _model
+from .overhead_bench import INSTRUCTION, _arg, _model, add_policy_arguments
 
 NODES = {'policy_node': 'dysl_ros.nodes.policy_node',
          'controller_node': 'dysl_ros.nodes.controller_node'}
@@ -55,12 +55,7 @@ STOP_TIMEOUT = 20.0  # s a node gets to exit after SIGINT before it is killed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', metavar='DIR', help='model or export directory (default: '
-                        'models/default, or a random default-size model while that is absent)')
-    parser.add_argument('--backend', default='torch',
-                        choices=('torch', 'onnxruntime', 'tensorrt'), help='default torch')
-    parser.add_argument('--method', default='dysl', help='dysl (default) or full')
-    parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
+    add_policy_arguments(parser)
     parser.add_argument('--frames', type=int, default=3000, help='frame pairs (default 3000)')
     parser.add_argument('--rate', type=float, default=30.0, help='frames per second (default 30)')
     parser.add_argument('--width', type=int, default=640, help='camera width (default 640)')
