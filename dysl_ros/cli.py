@@ -1,15 +1,18 @@
 """One command line for every tool: `python -m dysl_ros <command> [--help]`.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
-`run(args) -> int`; this file only lists them. The same command line is installed as the
-console script `dysl`, so on a robot `ros2 run dysl_ros dysl <command>` works too.
+`run(args) -> int`; this file only lists them. A command's module is imported only when
+that command runs (`--help` lists them all from the table), so a command never depends on
+what another one imports: `export` and `engines` start on a robot that has no MuJoCo. The
+same command line is installed as the console script `dysl`, so on a robot
+`ros2 run dysl_ros dysl <command>` works too.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -30,22 +33,48 @@ COMMANDS = {
                   'convert recorded bags into a demo folder for calibrate / distill'),
     'train-baselines': ('dysl_ros.train.baselines',
                         'train / calibrate the baselines and the DySL ablations'),
+    'check-device': ('dysl_ros.tools.check_device',
+                     'the acceptance check on the robot: versions, engines, parity, latency, '
+                     'memory; PASS / FAIL / SKIP per line and a JSON report'),
 }
+
+
+class _LazyCommands(argparse._SubParsersAction):
+    """Sub-commands whose module is imported, and its arguments added, only when chosen."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.modules: dict[str, str] = {}  # command -> module not imported yet
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        module = self.modules.pop(values[0], None) if values else None
+        if module is not None:
+            importlib.import_module(module).add_arguments(self._name_parser_map[values[0]])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_commands(parser: argparse.ArgumentParser, table: Mapping[str, tuple[str, str]],
+                 dest: str, module_attr: str) -> None:
+    """A required sub-command per `table` entry (name -> (module, one-line help)); the chosen
+    one's module goes into the namespace as `module_attr`."""
+    sub = parser.add_subparsers(dest=dest, metavar=dest, required=True, action=_LazyCommands)
+    for name, (module, help_text) in table.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(**{module_attr: module})
+        sub.modules[name] = module
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m dysl_ros', description=__doc__.split('\n')[0])
-    sub = parser.add_subparsers(dest='command', metavar='command', required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+    add_commands(parser, COMMANDS, 'command', '_module')
     return parser
 
 
 # What a tool raises for bad input (a file, a value, a missing model or topic): the message
 # names what was wrong, so the user gets that one line and exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TimeoutError)
+# ImportError: a backend this machine lacks (`engines` without TensorRT says which, in one line).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TimeoutError, ImportError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -48,7 +48,39 @@ def test_full_depth_policy_equals_the_vla(model):
         assert chunk.shape == (TINY.chunk_size, 7)
         assert stats.layers_run == 8 and stats.layer_ids == list(range(8))
         assert stats.skipped_at == [None, None, None] and not stats.verified
-        assert {'embed', 'backbone', 'head', 'total'} <= set(stats.latency_ms)
+        assert set(stats.latency_ms) == {'total'} and stats.latency_ms['total'] > 0
+
+
+class _Syncs:
+    """A runner that counts the policy's synchronize() calls, passing everything on."""
+
+    def __init__(self, inner):
+        self.inner, self.syncs = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def synchronize(self):
+        self.syncs += 1
+        self.inner.synchronize()
+
+
+def test_stage_timing_is_opt_in(model):
+    """By default a step never synchronises the runner (a controller's probability is the
+    only per-unit host sync) and reports its wall time; profile=True times every stage."""
+    vla, dysl = model
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    runner = _Syncs(TorchRunner(vla, dysl))
+    images = next(_observations(1))
+    _, stats = GuidedPolicy(runner, spec, GuidanceConfig(), skipping=False).step(
+        images, 'pick up the red block')
+    assert runner.syncs == 0 and set(stats.latency_ms) == {'total'}
+    assert stats.latency_ms['total'] > 0
+    _, stats = GuidedPolicy(runner, spec, GuidanceConfig(), skipping=False, profile=True).step(
+        images, 'pick up the red block')
+    stages = ['prepare', 'embed', 'backbone', 'head']
+    assert runner.syncs == len(stages) and list(stats.latency_ms) == stages + ['total']
+    assert sum(stats.latency_ms[s] for s in stages) == pytest.approx(stats.latency_ms['total'])
 
 
 def test_skipping_steps_verify_at_onsets_with_a_full_depth_chunk(model):

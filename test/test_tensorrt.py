@@ -16,13 +16,18 @@ if not torch.cuda.is_available():
 
 from dysl_ros.bench.trace import DecisionTrace, replay_policy  # noqa: E402
 from dysl_ros.export.onnx_export import compare_units, export_model  # noqa: E402
-from dysl_ros.export.tensorrt_build import EngineError  # noqa: E402
+from dysl_ros.export.tensorrt_build import (PRECISIONS, BuildSettings, EngineError,  # noqa: E402
+                                            apply_settings, layer_views, norm_layers)
 from dysl_ros.runtime.loading import load_guided_policy, load_model  # noqa: E402
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec  # noqa: E402
-from dysl_ros.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
+from dysl_ros.runtime.tensorrt_runner import TensorRTRunner, scratch_size  # noqa: E402
 
 from test_export import (GUIDANCE, INSTRUCTION, LAYOUT, _assert_close, _stats_key,  # noqa: E402
                          build_model, observations)
+
+# The reference runs on the CPU, whatever onnxruntime build is installed (onnxruntime-gpu
+# would otherwise pick CUDA, and compare TensorRT with another GPU runtime).
+CPU = ['CPUExecutionProvider']
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +71,7 @@ def test_every_unit_matches_pytorch(exported, fp32_runner):
 
 def test_guided_steps_match_onnxruntime(exported, fp32_runner):
     _, _, manifest = exported
-    ref = load_guided_policy('onnxruntime', manifest.directory)
+    ref = load_guided_policy('onnxruntime', manifest.directory, providers=CPU)
     policy = GuidedPolicy(fp32_runner, manifest.spec(), manifest.guidance_config())
     for t, images in enumerate(observations(12)):
         chunk_ref, s_ref = ref.step(images, INSTRUCTION)
@@ -78,7 +83,7 @@ def test_guided_steps_match_onnxruntime(exported, fp32_runner):
 
 def test_fp16_engines_give_the_same_chunks_for_the_same_decisions(exported, tmp_path):
     _, _, manifest = exported
-    ref = load_guided_policy('onnxruntime', manifest.directory)
+    ref = load_guided_policy('onnxruntime', manifest.directory, providers=CPU)
     obs = observations(10)
     stats = [ref.step(images, INSTRUCTION) for images in obs]
     trace = DecisionTrace.from_stats(LAYOUT, [s for _, s in stats])
@@ -107,12 +112,18 @@ def test_engine_cache_is_reused_rebuilt_or_refused(exported, fp32_runner, engine
         TensorRTRunner(manifest, cache_dir=tmp_path, precision='fp32', build=False, log=quiet)
     rebuilt = TensorRTRunner(manifest, cache_dir=tmp_path, precision='fp32', log=quiet)
     assert rebuilt.cache.builds == 1
-    # an engine recorded for another TensorRT version is not used
+    # an engine recorded for another TensorRT version, or another Orin, is not used
     meta = engine.with_suffix('.json')
     d = json.loads(meta.read_text())
     d['key']['tensorrt'] = '9.0.0'
     meta.write_text(json.dumps(d))
     with pytest.raises(EngineError, match=r"tensorrt: '9.0.0' cached"):
+        TensorRTRunner(manifest, cache_dir=tmp_path, precision='fp32', build=False, log=quiet)
+    d = json.loads(meta.read_text())
+    d['key']['tensorrt'] = trt.__version__
+    d['key']['multiprocessors'] += 8
+    meta.write_text(json.dumps(d))
+    with pytest.raises(EngineError, match=r"multiprocessors: \d+ cached"):
         TensorRTRunner(manifest, cache_dir=tmp_path, precision='fp32', build=False, log=quiet)
     # another precision has no engines yet: refused by name, never a crash at inference
     with pytest.raises(EngineError, match=r"embed .*precision: 'fp32' cached, 'fp16' here"):
@@ -128,3 +139,38 @@ def test_factory_builds_a_tensorrt_policy(exported, fp32_runner, engines32):
         observations(1)[0], INSTRUCTION)
     assert chunk.shape == (8, 7) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
     assert isinstance(loaded.spec, ModelSpec)
+
+
+def test_contexts_share_one_scratch_buffer(fp32_runner):
+    """One scratch buffer, sized for the engine that needs most, serves every context."""
+    sizes = [scratch_size(b.engine) for b in fp32_runner._units.values()]
+    assert fp32_runner.scratch_bytes == max(max(sizes), 1)
+
+
+def test_builder_config_holds_the_settings_of_the_key():
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    for precision in PRECISIONS:
+        settings = BuildSettings.for_precision(precision, workspace_gb=1.5, optimization_level=2)
+        config = builder.create_builder_config()
+        apply_settings(trt, config, settings)
+        assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == \
+            settings.workspace_bytes
+        assert config.builder_optimization_level == 2
+        assert all(config.get_flag(getattr(trt.BuilderFlag, f)) for f in settings.set_flags)
+        assert not any(config.get_flag(getattr(trt.BuilderFlag, f))
+                       for f in settings.cleared_flags)
+
+
+def test_parsed_units_show_their_rmsnorm_to_the_fp32_pinning(exported):
+    """In TensorRT's own parse of each unit, norm_layers finds each adapter's and
+    controller's RMSNorm chain (6 layers, as in the ONNX graph: test_engine_cache) and
+    nothing in the other units."""
+    _, _, manifest = exported
+    logger = trt.Logger(trt.Logger.ERROR)
+    for unit in manifest.units:
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse(manifest.read(unit)), unit.name
+        found = norm_layers(layer_views(trt, network))
+        assert len(found) == (6 if unit.kind in ('adapter', 'controller') else 0), unit.name

@@ -1,8 +1,11 @@
-"""`python -m dysl_ros bench <name>`: one subcommand per benchmark."""
+"""`python -m dysl_ros bench <name>`: one subcommand per benchmark (its module is imported
+only when it runs)."""
 from __future__ import annotations
 
 import argparse
 import importlib
+
+from ..cli import add_commands
 
 # name -> (module with add_arguments/run, one-line help)
 BENCHES = {
@@ -19,11 +22,7 @@ BENCHES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', metavar='bench', required=True)
-    for name, (module, help_text) in BENCHES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_bench=module)
-        importlib.import_module(module).add_arguments(p)
+    add_commands(parser, BENCHES, 'bench', '_bench')
 
 
 def run(args: argparse.Namespace) -> int:

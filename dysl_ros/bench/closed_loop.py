@@ -82,7 +82,8 @@ def _worker(job: tuple) -> list[Episode]:
     from ..sim import SimConfig, TabletopEnv
     # only the actions that run before the next inference enter the continuity history
     policy = make_policy(method, Path(model_dir),
-                         guidance={'executed_actions': open_loop_steps, **guidance})
+                         guidance={'executed_actions': open_loop_steps, **guidance},
+                         profile=True)  # backbone_ms is read from the stage timings
     env = TabletopEnv(SimConfig(image_size=image_size))
     try:
         return [run_episode(policy, env, instruction, s, method, open_loop_steps)

@@ -286,8 +286,10 @@ def host_overhead(subject: Subject, decisions: list[dict], chunk: np.ndarray, re
         Decision(tuple(d['allow_points']), tuple(d['skipped_at']), d['verified'])
         for d in decisions])
     instant = _Instant(chunk)
-    policies = {'full': GuidedPolicy(instant, subject.spec, subject.guidance, skipping=False),
-                'dysl': replay_policy(trace, instant, subject.spec, subject.guidance)}
+    policies = {'full': GuidedPolicy(instant, subject.spec, subject.guidance, skipping=False,
+                                     profile=True),
+                'dysl': replay_policy(trace, instant, subject.spec, subject.guidance,
+                                      profile=True)}
     out: dict[str, list[float]] = {'full': [], 'dysl': []}
     for _ in range(repeats):
         for mode, policy in policies.items():
@@ -299,10 +301,12 @@ def host_overhead(subject: Subject, decisions: list[dict], chunk: np.ndarray, re
 
 
 def _policies(runner: Runner, subject: Subject) -> tuple[GuidedPolicy, GuidedPolicy]:
-    full = GuidedPolicy(runner, subject.spec, subject.guidance, skipping=False)
+    """Full depth and DySL, both timing every stage (backbone_ms is their backbone stage)."""
+    full = GuidedPolicy(runner, subject.spec, subject.guidance, skipping=False, profile=True)
     if subject.trace is not None:
-        return full, replay_policy(subject.trace, runner, subject.spec, subject.guidance)
-    return full, GuidedPolicy(runner, subject.spec, subject.guidance)
+        return full, replay_policy(subject.trace, runner, subject.spec, subject.guidance,
+                                   profile=True)
+    return full, GuidedPolicy(runner, subject.spec, subject.guidance, profile=True)
 
 
 def _samples(runner: Runner, fn: Any, repeats: int) -> list[float]:

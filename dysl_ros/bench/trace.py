@@ -197,15 +197,17 @@ class _ReplayRunner:
 
 
 def replay_policy(trace: DecisionTrace, runner: Runner, spec: ModelSpec,
-                  guidance: GuidanceConfig = GuidanceConfig()) -> GuidedPolicy:
+                  guidance: GuidanceConfig = GuidanceConfig(), profile: bool = False
+                  ) -> GuidedPolicy:
     """A GuidedPolicy whose decisions follow `trace`, one step per decision (cycling);
-    reset() starts the trace over."""
+    reset() starts the trace over. profile: per-stage latency, as GuidedPolicy's."""
     if trace.layout != spec.layout:
         raise ValueError(f'trace layout {trace.layout.to_dict()} differs from the model\'s '
                          f'{spec.layout.to_dict()}')
     if spec.skip_threshold >= 1.0:
         raise ValueError('replay needs a skip threshold below 1')
     cursor = _Cursor(trace)
-    policy = GuidedPolicy(_ReplayRunner(runner, cursor, spec.layout), spec, guidance)
+    policy = GuidedPolicy(_ReplayRunner(runner, cursor, spec.layout), spec, guidance,
+                          profile=profile)
     policy.guidance = _ReplayGuidance(cursor, guidance, spec)
     return policy

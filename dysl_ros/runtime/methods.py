@@ -109,8 +109,9 @@ class BaselinePolicy:
     """
 
     def __init__(self, vla: VLA, module: Any, head: Callable[[torch.Tensor], torch.Tensor],
-                 name: str):
+                 name: str, profile: bool = False):
         self.name = name
+        self.profile = profile  # per-stage latency, as GuidedPolicy's
         self.runner = TorchRunner(vla)
         self.module = module.eval()
         self.head = head
@@ -121,7 +122,7 @@ class BaselinePolicy:
 
     def step(self, images: Mapping[str, np.ndarray], instruction: str
              ) -> tuple[np.ndarray, StepStats]:
-        t = Clock(self.runner)
+        t = Clock(self.runner, self.profile)
         pixels, tokens = self.spec.prepare(images, instruction)
         t.lap('prepare')
         x0 = self.runner.embed(pixels, tokens)
@@ -140,14 +141,23 @@ class BaselinePolicy:
 
 
 def make_policy(name: str, model_dir: Path, device: str = 'cpu', seed: Optional[int] = None,
-                vla: Optional[VLA] = None, guidance: Optional[Mapping[str, Any]] = None
-                ) -> Policy:
+                vla: Optional[VLA] = None, guidance: Optional[Mapping[str, Any]] = None,
+                profile: bool = False) -> Policy:
     """The policy of method `name` from `model_dir` (see the module docstring for the files).
 
     seed overrides random-skip's stored seed; vla reuses an already loaded base model
     (policies built from one VLA share its weights, which no method changes); guidance holds
-    settings (executed_actions, tau, ...) that replace the stored ones of the DySL methods.
+    settings (executed_actions, tau, ...) that replace the stored ones of the DySL methods;
+    profile=True times every stage of a step (StepStats.latency_ms), for benchmarks.
     """
+    policy = _make_policy(name, model_dir, device, seed, vla, guidance)
+    policy.profile = profile
+    return policy
+
+
+def _make_policy(name: str, model_dir: Path, device: str, seed: Optional[int],
+                 vla: Optional[VLA], guidance: Optional[Mapping[str, Any]]
+                 ) -> GuidedPolicy | BaselinePolicy:
     if name not in METHODS:
         raise ValueError(f'unknown method {name!r}; expected one of {METHODS}')
     model_dir = Path(model_dir)

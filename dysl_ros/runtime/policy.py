@@ -111,13 +111,19 @@ class Policy(Protocol):
 
 
 class GuidedPolicy:
-    """DySL inference over any runner. skipping=False runs full depth (the teacher)."""
+    """DySL inference over any runner. skipping=False runs full depth (the teacher).
+
+    StepStats.latency_ms holds the step's wall time ('total'); profile=True adds the time
+    of each stage, synchronising the runner at every stage boundary (benchmarks only: in
+    production a controller's probability is the only host synchronisation per unit).
+    """
 
     def __init__(self, runner: Runner, spec: ModelSpec, guidance: GuidanceConfig,
-                 skipping: bool = True):
+                 skipping: bool = True, profile: bool = False):
         self.runner = runner
         self.spec = spec
         self.skipping = skipping
+        self.profile = profile  # per-stage latency (a device sync per stage); else total only
         segments = [(s.static, s.end) for s in spec.layout.segments]
         self.guidance = Guidance(guidance, segments)
 
@@ -126,7 +132,7 @@ class GuidedPolicy:
 
     def step(self, images: Mapping[str, np.ndarray], instruction: str
              ) -> tuple[np.ndarray, StepStats]:
-        r, t = self.runner, Clock(self.runner)
+        r, t = self.runner, Clock(self.runner, self.profile)
         pixels, tokens = self.spec.prepare(images, instruction)
         allow = self.guidance.allow_points if self.skipping else None
         t.lap('prepare')
@@ -156,17 +162,22 @@ class GuidedPolicy:
 
 
 class Clock:
-    """Per-stage wall time in ms, synchronising the runner at each stage boundary."""
+    """Wall time of a step in ms ('total': start to the last lap); with profile=True also
+    per stage, synchronising the runner at each stage boundary so that queued device work
+    is charged to the stage that queued it."""
 
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, profile: bool = False):
         self.runner = runner
+        self.profile = profile
         self.start = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
-        self.runner.synchronize()
+        if self.profile:
+            self.runner.synchronize()
         now = time.perf_counter()
-        self.laps[name] = (now - self.last) * 1e3
+        if self.profile:
+            self.laps[name] = (now - self.last) * 1e3
         self.last = now
 
     def total(self) -> dict[str, float]:
