@@ -6,10 +6,22 @@ from setuptools import find_packages, setup
 package_name = 'dysl_ros'
 
 
+# Made from a model on the robot and git-ignored: an export (<model>/onnx) and its engines.
+GENERATED_DIRS = ('onnx', 'engines', '__pycache__')
+GENERATED_FILES = ('.onnx', '.engine')
+
+
 def tree(folder):
-    """data_files entries installing `folder` (with subfolders) under share/<package>."""
-    return [(os.path.join('share', package_name, root), [os.path.join(root, f) for f in files])
-            for root, _, files in os.walk(folder) if files]
+    """data_files entries installing `folder` (with subfolders) under share/<package>, without
+    generated exports and engines."""
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in GENERATED_DIRS)
+        files = sorted(f for f in files if not f.endswith(GENERATED_FILES))
+        if files:
+            entries.append((os.path.join('share', package_name, root),
+                            [os.path.join(root, f) for f in files]))
+    return entries
 
 
 setup(
