@@ -324,7 +324,7 @@ def test_bad_input_is_counted_and_the_node_keeps_serving(tiny_model):
                  and policy.stats.errors['instruction'] >= 2, 10.0, 'the error counts')
         assert chunks.msgs() == []  # no instruction accepted yet, no good frame
         pub.publish(String(data=INSTRUCTION))
-        wait_for(lambda: policy._instruction == INSTRUCTION, 10.0, 'the instruction')
+        wait_for(lambda: policy.session.instruction == INSTRUCTION, 10.0, 'the instruction')
         sent, chunk = publish_until_chunk(camera, chunks)
         # an out-of-order frame is dropped and counted
         camera.publish(Time(nanoseconds=stamp_ns(sent[-1]) - 10**8).to_msg())

@@ -64,6 +64,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..paths import default_model_dir
 from ..runtime.frames import FrameGate, Rejected
+from ..runtime.session import PolicySession, Waiting
 from ..runtime.policy import NonFiniteOutput
 from .image_conversion import ImageConversionError, msg_to_rgb
 from .params import Param, declare_params, read_params
@@ -238,12 +239,7 @@ class PolicyNode(LifecycleNode):
         self.cfg: Optional[PolicyNodeConfig] = None
         self.policy: Any = None
         self.stats = PolicyStats(int(self._values['stats_window']))
-        self._lock = threading.Lock()  # gate, instruction, episode, active flag, publishing
-        self._gate: Optional[FrameGate] = None
-        self._instruction = ''
-        self._episode = 0
-        self._policy_episode = -1  # the episode the policy's history belongs to (model thread)
-        self._active = False
+        self.session: Optional[PolicySession] = None  # from the first configure on
         self._seq = 0
         self._error_text = ''
         self._last_log: dict[str, float] = {}
@@ -286,11 +282,12 @@ class PolicyNode(LifecycleNode):
         self._stats_pub = self.create_lifecycle_publisher(String, '~/step_stats', STATUS_QOS)
         self._reset_srv = self.create_service(Trigger, '~/reset', self._on_reset,
                                               callback_group=self._input_group)
-        with self._lock:
-            self._gate = FrameGate(self.cfg.camera_names, self.cfg.max_image_age,
-                                   self.cfg.max_future_stamp, self.cfg.max_camera_skew)
-            self._instruction = self.cfg.instruction.strip()
-            self._episode += 1
+        cfg = self.cfg
+        self.session = PolicySession(
+            FrameGate(cfg.camera_names, cfg.max_image_age, cfg.max_future_stamp,
+                      cfg.max_camera_skew),
+            cfg.max_instruction_length, _vocabulary(self.policy), cfg.instruction,
+            episode=self.session.episode + 1 if self.session else 1)
         spec = self.policy.spec
         self.get_logger().info(
             f'configured: {self.cfg.backend} backend, method {self.cfg.method}, model '
@@ -307,9 +304,7 @@ class PolicyNode(LifecycleNode):
         self._subs.append(self.create_subscription(
             String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
             callback_group=self._input_group))
-        with self._lock:
-            self._active = True
-            self._gate.clear()
+        self.session.start()
         self._stopping = False
         self._wake.clear()
         self._serving = self._model_thread.submit(self._serve)
@@ -317,15 +312,14 @@ class PolicyNode(LifecycleNode):
             self._rate_timer = self.create_timer(1.0 / cfg.inference_rate, self._wake.set,
                                                  callback_group=self._input_group)
         self.get_logger().info('active: waiting for frames' + (
-            '' if self._instruction else ' and an instruction'))
+            '' if self.session.instruction else ' and an instruction'))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_inputs()
         self._stop_serving()
-        with self._lock:  # no chunk can follow the hold: chunks are published under the lock
-            self._active = False
-            self._gate.clear()
+        with self.session.lock:  # no chunk can follow the hold: chunks are published under it
+            self.session.stop()
             self._chunk_pub.publish(JointTrajectory(joint_names=self._action_names()))
         self.get_logger().info('inactive: published a hold (empty chunk)')
         return super().on_deactivate(state)
@@ -351,8 +345,8 @@ class PolicyNode(LifecycleNode):
     def _abort(self) -> TransitionCallbackReturn:
         self._stop_inputs()
         self._stop_serving()
-        with self._lock:
-            self._active = False
+        if self.session is not None:
+            self.session.stop()
         self._free()
         return TransitionCallbackReturn.SUCCESS
 
@@ -385,8 +379,7 @@ class PolicyNode(LifecycleNode):
         cfg = self.cfg
         stamp, arrival = _stamp_ns(msg.header.stamp), self._now_ns()
         try:
-            with self._lock:  # cheap checks first: a refused frame is never converted
-                self._gate.check(camera, stamp, arrival)
+            self.session.check_frame(camera, stamp, arrival)  # a refused frame is not converted
             rgb = msg_to_rgb(msg)
             h, w = rgb.shape[:2]
             if (cfg.image_width and w != cfg.image_width) or \
@@ -398,48 +391,30 @@ class PolicyNode(LifecycleNode):
             self._complain(e.kind, f'camera {camera!r}: frame rejected: {e}'
                            if isinstance(e, ImageConversionError) else str(e))
             return
-        with self._lock:
-            self.stats.frame(dropped_previous=self._gate.put(camera, rgb, stamp, arrival,
-                                                             self._now_ns()))
+        self.stats.frame(dropped_previous=self.session.put_frame(camera, rgb, stamp, arrival,
+                                                                 self._now_ns()))
         if cfg.inference_rate <= 0:  # any camera: the primary's frame may wait for this one
             self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
-        text = msg.data.strip()
-        limit = self.cfg.max_instruction_length
-        if not text:
-            self._complain('instruction', 'empty instruction ignored; keeping '
-                           f'{self._instruction!r}')
-            return
-        if len(text) > limit:
-            self._complain('instruction', f'instruction of {len(text)} characters ignored: '
-                           f'longer than max_instruction_length={limit}')
-            return
-        words, unknown = self._words(text)
-        if words is not None and len(unknown) == len(words):
-            self._complain('instruction', f'instruction {text[:80]!r} ignored: no word the '
-                           f'model knows; keeping {self._instruction!r}')
+        try:
+            unknown = self.session.set_instruction(msg.data)
+        except Rejected as e:
+            self._complain(e.kind, str(e))
             return
         if unknown:
             self._note('unknown_words', f'instruction words unknown to the model: {unknown}')
-        self._new_episode(text)
-        self.get_logger().info(f'new episode {self._episode}: {text!r}')
+        self.stats.new_episode()
+        self.get_logger().info(f'new episode {self.session.episode}: '
+                               f'{self.session.instruction!r}')
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        self._new_episode(None)
-        response.success = True
-        response.message = f'episode {self._episode} started: action history cleared'
-        return response
-
-    def _new_episode(self, instruction: Optional[str]) -> None:
-        with self._lock:
-            if instruction is not None:
-                self._instruction = instruction
-            self._episode += 1
-            if self._gate is not None:  # earlier frames are not observations of this episode
-                self._gate.clear()
+        episode = self.session.new_episode()
         self.stats.new_episode()
+        response.success = True
+        response.message = f'episode {episode} started: action history cleared'
+        return response
 
     # ---- inference (the model thread) ---------------------------------------------------------
     def _serve(self) -> None:
@@ -459,39 +434,28 @@ class PolicyNode(LifecycleNode):
     def _infer(self) -> Optional[float]:
         """One step if the frames are there; returns seconds until a step that waits for a
         lagging camera goes ahead without it (None: nothing pending)."""
-        with self._lock:
-            if not self._active:
-                return None
-            instruction, episode = self._instruction, self._episode
-            now = self._now_ns()
-            try:
-                frames = self._gate.take(now) if instruction else None
-                missing, deadline = self._gate.missing(), self._gate.deadline_ns()
-            except Rejected as e:
-                frames, missing, deadline, rejected = None, [], None, e
-            else:
-                rejected = None
-        if rejected is not None:
-            self._complain(rejected.kind, str(rejected))
+        now = self._now_ns()
+        try:
+            step_in = self.session.next_step(now)
+        except Rejected as e:
+            self._complain(e.kind, str(e))
             return None
-        if frames is None:
-            if missing or not instruction:
-                self._note('waiting', 'waiting for ' + (f'cameras {missing}' if missing
-                                                        else 'an instruction'))
-            elif deadline is not None:
-                return max(deadline - now, 0) * 1e-9 + 1e-4
+        if isinstance(step_in, Waiting):
+            if step_in.deadline_ns is not None:
+                return max(step_in.deadline_ns - now, 0) * 1e-9 + 1e-4
+            if step_in.reason:
+                self._note('waiting', f'waiting for {step_in.reason}')
             return None
-        first = frames[self._gate.primary]
-        stamp = first.stamp_ns
-        if self._policy_episode != episode:
+        first = step_in.frames[self.cfg.camera_names[0]]
+        stamp, episode = first.stamp_ns, step_in.episode
+        if step_in.new_episode:
             self.policy.reset()
-            self._policy_episode = episode
         start = self._now_ns()
         t0 = time.perf_counter()
         try:
-            chunk, step = self.policy.step({c: f.rgb for c, f in frames.items()}, instruction)
+            chunk, step = self.policy.step(step_in.images, step_in.instruction)
         except NonFiniteOutput:
-            self._policy_episode = -1  # start the action history over at the next step
+            self.session.restart_history()
             self._complain('non_finite', 'non-finite values in the model output: no chunk, '
                            'action history cleared')
             return None
@@ -500,8 +464,8 @@ class PolicyNode(LifecycleNode):
             return None
         policy_ms = (time.perf_counter() - t0) * 1e3
         msg = self._chunk_msg(stamp, chunk)
-        with self._lock:
-            if not self._active or self._episode != episode:
+        with self.session.lock:
+            if not self.session.current(episode):
                 return None  # deactivated or a new episode began during the step
             self._chunk_pub.publish(msg)
             c2c_ms = (self._now_ns() - stamp) * 1e-6
@@ -579,10 +543,7 @@ class PolicyNode(LifecycleNode):
             self._model_thread.submit(setattr, self, 'policy', None).result()
             self._model_thread.shutdown()
             self._model_thread = None
-        with self._lock:
-            self._gate = None
         self.policy = None
-        self._policy_episode = -1
 
     def _stop_inputs(self) -> None:
         for sub in self._subs:
@@ -601,13 +562,6 @@ class PolicyNode(LifecycleNode):
 
     def _action_names(self) -> list[str]:
         return list(self.policy.spec.action_names) if self.policy is not None else []
-
-    def _words(self, text: str) -> tuple[Optional[list[str]], list[str]]:
-        """The instruction's words and those unknown to the model (None: no tokenizer)."""
-        tokenizer = getattr(self.policy.spec, 'tokenizer', None) if self.policy else None
-        if tokenizer is None:
-            return None, []
-        return tokenizer.words(text), tokenizer.unknown_words(text)
 
     def _complain(self, kind: str, message: str, count: int = 1) -> None:
         """Count `count` errors of `kind` and log a warning, at most once per log_throttle
@@ -634,8 +588,8 @@ class PolicyNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         s = self.stats.summary()
-        with self._lock:
-            active, episode = self._active, self._episode
+        session = self.session
+        active, episode = (session.active, session.episode) if session else (False, 0)
         if self._error_text:
             level, text = DiagnosticStatus.ERROR, self._error_text
         elif not active:
@@ -652,6 +606,14 @@ class PolicyNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
+
+
+def _vocabulary(policy: Any) -> Optional[Any]:
+    """text -> (its words, those the model does not know), from the policy's tokenizer."""
+    tokenizer = getattr(policy.spec, 'tokenizer', None)
+    if tokenizer is None:
+        return None
+    return lambda text: (tokenizer.words(text), tokenizer.unknown_words(text))
 
 
 def _stamp_ns(stamp: Any) -> int:
