@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from .model.layout import Layout
+from .layout import Layout
 
 X = TypeVar('X')
 

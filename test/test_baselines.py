@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dysl_ros.guidance import GuidanceConfig, calibrate_tau
-from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.layout import Layout
+from dysl_ros.model import DySL, VLA, VLAConfig
 from dysl_ros.model.baselines import DeeR, FlexiDepth, StaticDepth, save_baseline
 from dysl_ros.model.io import load_dysl, save_dysl, save_vla
 from dysl_ros.runtime.methods import (METHODS, BaselinePolicy, make_policy,

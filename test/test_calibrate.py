@@ -98,7 +98,8 @@ def test_bad_values_raise():
 
 
 def test_update_guidance_keeps_the_parts_and_refuses_another_layout(tmp_path):
-    from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+    from dysl_ros.layout import Layout
+    from dysl_ros.model import DySL, VLA, VLAConfig
     from dysl_ros.model.io import load_dysl, save_dysl, save_vla, update_guidance
     vla = VLA(VLAConfig(n_layers=4, d_model=32, n_heads=2, image_size=32, patch_size=8))
     layout = Layout(4, (0, 2))

@@ -13,12 +13,12 @@ import torch
 from onnx import helper, numpy_helper
 
 from dysl_ros.bench.trace import DecisionTrace
-from dysl_ros.export.manifest import MANIFEST_NAME, Manifest, sha256_file
+from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla, save_vla
 from dysl_ros.runtime.loading import load_model, load_torch_model
+from dysl_ros.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
 from dysl_ros.tools import check_device
-from dysl_ros.tools.demo import build_random_model
 
 TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,
                  chunk_size=4)

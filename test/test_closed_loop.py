@@ -7,10 +7,10 @@ import pytest
 
 from dysl_ros.bench.cli import BENCHES
 from dysl_ros.cli import build_parser, main
+from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.runtime.methods import make_policy
 from dysl_ros.sim import SimConfig, TabletopEnv
-from dysl_ros.tools.demo import build_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / 'models' / 'default'

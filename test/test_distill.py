@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dysl_ros.model import VLA, DySL, DySLConfig, Layout, VLAConfig
+from dysl_ros.layout import Layout
+from dysl_ros.model import VLA, DySL, DySLConfig, VLAConfig
 from dysl_ros.model.io import load_dysl
 from dysl_ros.train.calibrate import layer_similarity, select_static
 from dysl_ros.train.distill import (DistillConfig, distill, draw_picks, harmonic_probs, stage1,

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from dysl_ros.export.onnx_export import export_model
-from dysl_ros.export.tensorrt_build import (BUILD_RECIPE, BuildSettings, DeviceInfo, EngineError,
-                                            EngineKey, EngineStore, LayerView, norm_layers)
+from dysl_ros.runtime.engine_build import (BUILD_RECIPE, BuildSettings, EngineError, LayerView,
+                                           norm_layers)
+from dysl_ros.runtime.engine_cache import DeviceInfo, EngineKey, EngineStore
 
 from test_export import GUIDANCE, LAYOUT, build_model
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from dysl_ros.export import onnx_export
-from dysl_ros.export.manifest import MANIFEST_NAME, Manifest, ManifestError
 from dysl_ros.export.onnx_export import compare_units, export_model
 from dysl_ros.guidance import GuidanceConfig
-from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.layout import Layout
+from dysl_ros.model import DySL, VLA, VLAConfig
 from dysl_ros.model.io import save_dysl, save_vla
 from dysl_ros.runtime.loading import load_guided_policy, load_model, make_runner
+from dysl_ros.runtime.manifest import MANIFEST_NAME, Manifest, ManifestError
 from dysl_ros.runtime.onnx_runner import OnnxRunner
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner

@@ -31,13 +31,13 @@ from std_srvs.srv import Trigger
 from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.nodes.chunking import ChunkExecutorConfig
 from dysl_ros.nodes.image_conversion import rgb_to_compressed, rgb_to_image
 from dysl_ros.nodes.launcher import LocalLaunch, config_file, wait_for
 from dysl_ros.nodes.qos import (CAMERA_QOS, CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS,
                                 SENSOR_QOS, STATUS_QOS)
-from dysl_ros.tools.demo import build_random_model
 
 pytestmark = pytest.mark.timeout(300)
 

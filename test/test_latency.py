@@ -9,7 +9,8 @@ import torch
 
 from dysl_ros.bench import latency
 from dysl_ros.bench.trace import Decision, DecisionTrace, layers_run, replay_policy
-from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.layout import Layout
+from dysl_ros.model import DySL, VLA, VLAConfig
 from dysl_ros.model.io import save_dysl, save_vla
 from dysl_ros.runtime.policy import ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dysl_ros.model import DySL, DySLConfig, Layout, VLA, VLAConfig, WordTokenizer
+from dysl_ros.layout import Layout
+from dysl_ros.model import DySL, DySLConfig, VLA, VLAConfig, WordTokenizer
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
 from dysl_ros.model.llama import llama_blocks
 from dysl_ros.skipping import resume_full_depth

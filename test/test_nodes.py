@@ -26,6 +26,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla, save_vla
 from dysl_ros.nodes import controller_node, policy_node, sim_node
@@ -37,7 +38,6 @@ from dysl_ros.nodes.policy_node import PolicyNode
 from dysl_ros.nodes.qos import (CAMERA_QOS, CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS,
                                 STATUS_QOS)
 from dysl_ros.nodes.sim_node import SimNode
-from dysl_ros.tools.demo import build_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTION_NAMES = ['dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper']

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dysl_ros.guidance import GuidanceConfig
-from dysl_ros.model import DySL, Layout, VLA, VLAConfig
+from dysl_ros.layout import Layout
+from dysl_ros.model import DySL, VLA, VLAConfig
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner
 

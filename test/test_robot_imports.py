@@ -49,7 +49,7 @@ args = sys.argv[2:]
 
 NODE = BLOCKER + """
 import numpy as np
-from dysl_ros.export.tensorrt_build import EngineError
+from dysl_ros.runtime.engine_build import EngineError
 from dysl_ros.nodes.policy_node import PARAMS, PolicyNodeConfig, load_policy
 
 defaults = {p.name: p.default for p in PARAMS}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dysl_ros.export.random_model import build_random_model
 from dysl_ros.nodes import soak_bench
-from dysl_ros.tools.demo import build_random_model
 from test_nodes import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

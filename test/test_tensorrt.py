@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
 
 from dysl_ros.bench.trace import DecisionTrace, replay_policy  # noqa: E402
 from dysl_ros.export.onnx_export import compare_units, export_model  # noqa: E402
-from dysl_ros.export.tensorrt_build import (PRECISIONS, BuildSettings, EngineError,  # noqa: E402
-                                            apply_settings, layer_views, norm_layers)
+from dysl_ros.runtime.engine_build import (PRECISIONS, BuildSettings, EngineError,  # noqa: E402
+                                           apply_settings, layer_views, norm_layers)
 from dysl_ros.runtime.loading import load_guided_policy, load_model  # noqa: E402
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec  # noqa: E402
 from dysl_ros.runtime.tensorrt_runner import TensorRTRunner, scratch_size  # noqa: E402

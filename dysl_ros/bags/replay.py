@@ -28,7 +28,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +38,7 @@ from .bagfile import BagError
 from .episodes import BagData, load_bag
 from .policies import BACKENDS, full_depth_twin, guidance_of, open_policy, recorded_guidance
 from .record import guidance_state_from_json, guidance_state_json
+from .report import ChunkArrays, episode_record, recorded_stats, step_record, write_report
 from .topics import add_topic_arguments, topics_from_args
 
 FRAMES = ('auto', 'all', 'chunked')
@@ -82,26 +83,6 @@ class ReplayConfig:
             raise BagError(f'{data.path}: no chunks on {data.topics.chunk}: use --frames all '
                            'and --reference full')
         return frames, tuple(refs)
-
-
-def compare(chunk: np.ndarray, reference: np.ndarray) -> dict:
-    """Action error of a chunk against a reference chunk, both (H, D) in action units."""
-    a = np.asarray(chunk, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f'chunk of shape {a.shape} cannot be compared with a reference of '
-                         f'shape {b.shape}')
-    d = np.abs(a - b)  # (H, D)
-    return {'mean_abs': float(d.mean()), 'max_abs': float(d.max()),
-            'first_abs': float(d[0].mean()), 'exact': bool(np.array_equal(a, b))}
-
-
-def recorded_stats(s: Optional[dict]) -> Optional[dict]:
-    """The skip decisions of a recorded step-statistics entry (None when there is none)."""
-    if not s:
-        return None
-    return {k: s.get(k) for k in ('layers_run', 'layer_ids', 'skipped_at', 'verified',
-                                  'allow_points')}
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -168,72 +149,6 @@ def _selected(e: Any, frames: str) -> list:
     return [o for o in e.observations if o.stamp_ns in e.chunks]
 
 
-def step_record(obs: Any, episode: Any, chunk: np.ndarray, *, layers_run: int,
-                layers_total: int, layer_ids: list, skipped_at: list, verified: bool,
-                allow_points: list, continuity: Optional[float],
-                continuity_change: Optional[float], latency: dict,
-                references: dict[str, Optional[np.ndarray]], recorded: Optional[dict],
-                guidance_match: Optional[bool] = None) -> dict:
-    """One step of a report: what the policy did and how its chunk compares."""
-    skipped = [None if j is None else int(j) for j in skipped_at]
-    errors = {name: (None if ref is None else compare(chunk, ref))
-              for name, ref in references.items()}
-    match = None
-    if recorded is not None and recorded.get('layer_ids') is not None:
-        match = (list(recorded['layer_ids']) == [int(i) for i in layer_ids]
-                 and list(recorded['skipped_at']) == skipped
-                 and bool(recorded['verified']) == bool(verified))
-    return {'step': obs.index, 'stamp_ns': obs.stamp_ns,
-            't': (obs.log_ns - episode.observations[0].log_ns) * 1e-9,
-            'phase': episode.phase(obs.log_ns), 'layers_run': int(layers_run),
-            'layers_total': int(layers_total), 'layer_ids': [int(i) for i in layer_ids],
-            'skipped_at': skipped, 'verified': bool(verified),
-            'allow_points': [int(a) for a in allow_points], 'continuity': continuity,
-            'continuity_change': continuity_change,
-            'latency_ms': {k: float(v) for k, v in latency.items()}, 'errors': errors,
-            'recorded': recorded, 'skips_match': match, 'guidance_match': guidance_match}
-
-
-def episode_record(e: Any, steps: list[dict]) -> dict:
-    status = e.status
-    return {'index': e.index, 'instruction': e.instruction, 'task': status.get('task'),
-            'seed': status.get('seed'), 'success': status.get('success'),
-            'observations': len(e.observations), 'incomplete': e.incomplete, 'steps': steps}
-
-
-class ChunkArrays:
-    """Chunks and references of every step, for chunks.npz (NaN where a reference is
-    missing)."""
-
-    def __init__(self, refs: tuple[str, ...]):
-        self.refs = refs
-        self.rows: dict[str, list] = {'chunks': [], 'episode': [], 'step': [], 'stamp_ns': []}
-        for r in refs:
-            self.rows[f'reference_{r}'] = []
-
-    def add(self, episode: int, obs: Any, chunk: np.ndarray,
-            references: dict[str, Optional[np.ndarray]]) -> None:
-        chunk = np.asarray(chunk, dtype=np.float64)
-        self.rows['chunks'].append(chunk)
-        self.rows['episode'].append(episode)
-        self.rows['step'].append(obs.index)
-        self.rows['stamp_ns'].append(obs.stamp_ns)
-        for r in self.refs:
-            ref = references.get(r)
-            self.rows[f'reference_{r}'].append(
-                np.full_like(chunk, np.nan) if ref is None or np.shape(ref) != chunk.shape
-                else np.asarray(ref, dtype=np.float64))
-
-    def finish(self) -> dict[str, np.ndarray]:
-        out = {}
-        for k, v in self.rows.items():
-            if k == 'chunks' or k.startswith('reference_'):
-                out[k] = np.stack(v) if v else np.zeros((0, 0, 0))
-            else:
-                out[k] = np.asarray(v, dtype=np.int64)
-        return out
-
-
 # ---- CLI -------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m dysl_ros replay`."""
@@ -283,7 +198,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Replay the bag and write the report."""
-    from .report import write_report
     topics, given = topics_from_args(args)
     cfg = ReplayConfig(frames=args.frames, references=tuple(args.reference),
                        restore_guidance=args.restore_guidance)

@@ -45,13 +45,14 @@ import torch
 from tqdm import tqdm
 
 from ..paths import default_model_dir
-from ..export.manifest import MANIFEST_NAME, Manifest
 from ..guidance import GuidanceConfig
 from ..model import VLAConfig
 from ..model.io import DYSL_JSON, VLA_JSON
-from ..runtime.loading import RUNS_EXPORT, fresh_model, load_model, load_torch_model
+from ..runtime.loading import RUNS_EXPORT, load_model, load_torch_model
+from ..runtime.manifest import MANIFEST_NAME, Manifest
 from ..runtime.policy import GuidedPolicy, ModelSpec
 from ..runtime.runner import Runner
+from ..train.calibrate import fresh_model
 from .scale import SCALES, build_llama
 from .trace import Decision, DecisionTrace, replay_policy
 

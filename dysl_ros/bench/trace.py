@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..guidance import Guidance, GuidanceConfig
-from ..model.layout import Layout
+from ..layout import Layout
 from ..runtime.policy import GuidedPolicy, ModelSpec, StepStats
 from ..runtime.runner import Runner
 

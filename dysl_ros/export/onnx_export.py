@@ -27,8 +27,8 @@ from tqdm import tqdm
 from ..paths import default_model_dir
 from ..guidance import GuidanceConfig
 from ..model.dysl import DySL
-from .manifest import (MANIFEST_NAME, Manifest, TensorSpec, Unit, guidance_config,
-                       sha256_file, unit_name)
+from ..runtime.manifest import (MANIFEST_NAME, Manifest, TensorSpec, Unit, guidance_config,
+                                sha256_file, unit_name)
 
 DEFAULT_OPSET = 18
 DEFAULT_MODEL = default_model_dir()
@@ -290,7 +290,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.loading import fresh_model, load_torch_model
+    from ..runtime.loading import load_torch_model
+    from ..train.calibrate import fresh_model
     if args.fresh:
         if args.out is None:
             raise SystemExit('--fresh needs --out DIR')

@@ -2,16 +2,14 @@
 from typing import Any
 
 from .config import ACTION_NAMES, DySLConfig, VLAConfig
-from .layout import Layout, Segment
 from .tokenizer import WordTokenizer
 
-__all__ = ['ACTION_NAMES', 'DySL', 'DySLConfig', 'Layout', 'Segment', 'VLA', 'VLAConfig',
-           'WordTokenizer']
+__all__ = ['ACTION_NAMES', 'DySL', 'DySLConfig', 'VLA', 'VLAConfig', 'WordTokenizer']
 
 
 def __getattr__(name: str) -> Any:
     # The torch modules load on first use, so an exported model runs on ONNX Runtime
-    # (configs, layout, tokenizer) without torch installed.
+    # (configs, tokenizer) without torch installed.
     if name == 'DySL':
         from .dysl import DySL
         return DySL

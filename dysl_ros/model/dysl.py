@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layout import Layout
 from ..skipping import SkipTrace, walk_segments
 from .config import DySLConfig
-from .layout import Layout
 from .parts import TrainableParts
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..layout import Layout
 from .config import DySLConfig, VLAConfig
 from .dysl import DySL
-from .layout import Layout
 from .tokenizer import WordTokenizer
 from .vla import VLA
 

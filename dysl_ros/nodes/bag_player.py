@@ -41,7 +41,7 @@ from tqdm import tqdm
 from ..bags.bagfile import BagWriter, read_messages
 from ..bags.episodes import BagData, load_bag
 from ..bags.policies import open_policy
-from ..bags.replay import ChunkArrays, episode_record, recorded_stats, step_record
+from ..bags.report import ChunkArrays, episode_record, recorded_stats, step_record
 from ..bags.topics import MSG_CHUNK, MSG_COMPRESSED, MSG_STRING, TopicMap
 from ..validation import require
 from .launcher import LocalLaunch, wait_for

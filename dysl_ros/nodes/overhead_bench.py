@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace, tmp: Path) -> Path:
+    from ..export.random_model import build_random_model_apart
     from ..model.io import VLA_JSON
     from ..paths import default_model_dir
-    from ..tools.demo import build_random_model_apart
     if args.model:
         return Path(args.model)
     model = default_model_dir()

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from ..export.manifest import MANIFEST_NAME, Manifest, guidance_config
 from ..guidance import GuidanceConfig
-from ..model.config import VLAConfig
+from .manifest import MANIFEST_NAME, Manifest, guidance_config
 from .policy import GuidedPolicy, ModelSpec, Policy
 from .runner import Runner
 
@@ -62,31 +61,6 @@ def load_torch_model(directory: Path | str, device: str = 'cpu'
         return vla, None, GuidanceConfig()
     dysl, guidance = load_dysl(directory, vla)
     return vla, dysl, guidance_config(guidance, str(directory / DYSL_JSON))
-
-
-def fresh_model(cfg: VLAConfig = VLAConfig(), seed: int = 0, static_ratio: float = 0.2,
-                calibration_batches: int = 2) -> tuple['VLA', 'DySL']:
-    """A freshly built VLA (random weights) with a calibrated layout and fresh DySL parts.
-
-    For smoke runs and benchmarks of latency when no trained model exists yet: the layout
-    is calibrated as in stage 0 (lowest input/output cosine similarity on random inputs).
-    """
-    import torch
-
-    from ..model import DySL, DySLConfig, VLA
-    from ..train.calibrate import layer_similarity, select_static
-    torch.manual_seed(seed)
-    vla = VLA(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        calib = [vla.embed(torch.rand(4, len(cfg.cameras), 3, cfg.image_size, cfg.image_size,
-                                      generator=g) * 2 - 1,
-                           torch.randint(2, len(vla.tokenizer),
-                                         (4, cfg.max_instruction_tokens), generator=g))
-                 for _ in range(calibration_batches)]
-        layout = select_static(layer_similarity(vla.blocks, calib, progress=False),
-                               ratio=static_ratio)
-    return vla, DySL(vla.blocks, cfg.d_model, layout, DySLConfig(static_ratio=static_ratio)).eval()
 
 
 def load_model(backend: str, source: Any, *, device: str = 'cpu',

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from ..guidance import GuidanceConfig
+from ..layout import Layout
 from ..model.baselines import BASELINE_JSON, Inference, load_baseline
 from ..model.config import from_dict
 from ..model.io import DYSL_JSON, VLA_JSON, load_dysl, load_vla, read_json
-from ..model.layout import Layout
 from ..model.vla import VLA
 from .policy import GuidedPolicy, ModelSpec, Policy, StepStats, Clock
 from .runner import Runner

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..export.manifest import Manifest, ManifestError, check_tensors, unit_name
+from .manifest import Manifest, ManifestError, check_tensors, unit_name
 
 _ORT_TYPES = {'tensor(float)': 'float32', 'tensor(float16)': 'float16',
               'tensor(int64)': 'int64', 'tensor(int32)': 'int32'}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Protocol
 import numpy as np
 
 from ..guidance import Guidance, GuidanceConfig
-from ..model.layout import Layout
+from ..layout import Layout
 from ..model.processing import preprocess_images
 from ..model.tokenizer import WordTokenizer
 from ..skipping import resume_full_depth, walk_segments

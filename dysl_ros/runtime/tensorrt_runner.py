@@ -8,7 +8,7 @@ handles when a ROS executor thread runs inference). Everything is queued on one 
 the runner's; the only host synchronisations are a controller's probability (`.item()`,
 one per active controller), the head's chunk, and `synchronize()`.
 
-Engines come from `export.tensorrt_build.EngineCache` (built or loaded, keyed by ONNX
+Engines come from `runtime.engine_cache.EngineCache` (built or loaded, keyed by ONNX
 sha256 + TensorRT version + device + build settings); every engine's tensors are checked
 against the manifest and every unit runs once at construction, so a bad engine fails at
 load time.
@@ -27,8 +27,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..export.manifest import Manifest, check_tensors, unit_name
-from ..export.tensorrt_build import EngineCache, EngineError, _logger, require_tensorrt
+from .engine_build import EngineError, require_tensorrt, trt_logger
+from .engine_cache import EngineCache
+from .manifest import Manifest, check_tensors, unit_name
 
 _TRT_DTYPES = {'FLOAT': 'float32', 'HALF': 'float16', 'INT64': 'int64', 'INT32': 'int32'}
 _TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'int64': torch.int64,
@@ -80,7 +81,7 @@ class TensorRTRunner:
         self.device = torch.device('cuda', device)
         self.stream = torch.cuda.Stream(self.device)
         self.cache = EngineCache(self.manifest, cache_dir, precision, device, workspace_gb, log)
-        self._logger = _logger(log)
+        self._logger = trt_logger(log)
         self._runtime = trt.Runtime(self._logger)
         self._units: dict[str, _Bound] = {}
         self._scratch: Optional[torch.Tensor] = None

@@ -156,7 +156,7 @@ def backend_problems() -> dict[str, str]:
     elif not torch.cuda.is_available():
         problems['tensorrt'] = 'torch sees no CUDA GPU'
     else:
-        from ..export.tensorrt_build import require_tensorrt
+        from ..runtime.engine_build import require_tensorrt
         try:
             require_tensorrt()
         except Exception as e:  # too old, or its libraries do not load
@@ -369,7 +369,7 @@ class DeviceCheck:
                         f'{total / 2**30:.1f} GiB ({free / 2**30:.1f} free)'), data
 
     def export(self) -> tuple:
-        from ..export.manifest import MANIFEST_NAME, Manifest
+        from ..runtime.manifest import MANIFEST_NAME, Manifest
         if not {'onnxruntime', 'tensorrt'} & set(self.selected):
             raise Skip('no exported backend (onnxruntime, tensorrt) to check')
         inside = self.model / 'onnx'

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..guidance import GuidanceConfig, calibrate_tau
+from ..layout import Layout
 from ..model.baselines import (DeeR, DeeRConfig, FlexiDepth, FlexiDepthConfig, StaticDepth,
                                chunk_distance, save_baseline)
 from ..model.config import DySLConfig, from_dict
 from ..model.dysl import DySL
 from ..model.io import DYSL_JSON, load_vla, read_json, save_dysl, write_json
-from ..model.layout import Layout
 from ..model.vla import VLA
 from ..runtime.methods import (ABLATIONS, BASELINE_JSON, RANDOM_SKIP_FORMAT, TRAINABLE,
                                ablation_dir, baseline_dir, make_policy)

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..model.layout import Layout
+from ..layout import Layout
+from ..model.config import VLAConfig
 
 if TYPE_CHECKING:  # the dataset imports the simulator: load it only when calibrating on demos
+    from ..model.dysl import DySL
     from ..model.vla import VLA
     from .dataset import DemoDataset
 
@@ -89,6 +91,28 @@ def select_static(similarity: np.ndarray, ratio: float = 0.2,
         raise ValueError('first_layer_static=False needs layer 0 among the lowest-similarity '
                          f'layers (a Layout requires layer 0 static); chosen {sorted(chosen)}')
     return Layout(L, tuple(sorted(chosen)))
+
+
+def fresh_model(cfg: VLAConfig = VLAConfig(), seed: int = 0, static_ratio: float = 0.2,
+                calibration_batches: int = 2) -> tuple['VLA', 'DySL']:
+    """A freshly built VLA (random weights) with a calibrated layout and fresh DySL parts.
+
+    For smoke runs and benchmarks of latency when no trained model exists yet: the layout
+    is calibrated as in stage 0 (lowest input/output cosine similarity on random inputs).
+    """
+    from ..model import DySL, DySLConfig, VLA
+    torch.manual_seed(seed)
+    vla = VLA(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        calib = [vla.embed(torch.rand(4, len(cfg.cameras), 3, cfg.image_size, cfg.image_size,
+                                      generator=g) * 2 - 1,
+                           torch.randint(2, len(vla.tokenizer),
+                                         (4, cfg.max_instruction_tokens), generator=g))
+                 for _ in range(calibration_batches)]
+        layout = select_static(layer_similarity(vla.blocks, calib, progress=False),
+                               ratio=static_ratio)
+    return vla, DySL(vla.blocks, cfg.d_model, layout, DySLConfig(static_ratio=static_ratio)).eval()
 
 
 # -- on demonstrations, and the CLI --------------------------------------------------------

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..layout import Layout
 from ..model.config import DySLConfig
 from ..model.dysl import DySL
 from ..model.io import save_dysl
-from ..model.layout import Layout
 from ..validation import require
 from .calibrate import module_device
 from .optim import check_optimiser_fields, check_reiterable, cycle, frozen, make_optimizer

@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..guidance import GuidanceConfig
+from ..layout import Layout
 from ..model.config import from_dict
-from ..model.layout import Layout
 from ..model.tokenizer import WordTokenizer
-from ..runtime.policy import ModelSpec
+from .policy import ModelSpec
 
 FORMAT = 1
 MANIFEST_NAME = 'manifest.json'
