@@ -17,12 +17,12 @@ from dysl_ros.bags.record import RecordConfig, default_topics
 from dysl_ros.bags.replay import ReplayConfig, replay_step_locked
 from dysl_ros.bags.topics import TopicMap, deserialize, time_to_ns
 from dysl_ros.cli import main
+from dysl_ros.datasets import FORMAT, iter_episodes, load_stats
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
 from dysl_ros.nodes.bag_player import LiveConfig, replay_live
 from dysl_ros.sim import SimConfig, TabletopEnv
-from dysl_ros.sim.demos import FORMAT, iter_episodes, load_stats
 from dysl_ros.sim.expert import run_episode
 
 TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dysl_ros.datasets import Episode
 from dysl_ros.guidance import GuidanceConfig, calibrate_tau
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
@@ -13,7 +14,6 @@ from dysl_ros.model.io import load_dysl, save_dysl, save_vla
 from dysl_ros.runtime.methods import (METHODS, BaselinePolicy, make_policy,
                                       random_skip_policy)
 from dysl_ros.runtime.policy import StepStats
-from dysl_ros.sim.demos import Episode
 from dysl_ros.train.baselines import (BaselineTrainConfig, deer_shares, exit_differences,
                                       mean_layers_run, random_skip_expected_layers,
                                       save_random_skip, solve_deer_thresholds,
@@ -257,3 +257,9 @@ def test_ablations_take_the_main_models_distillation_settings(tmp_path):
     write_json(tmp_path / DISTILL_JSON, {'config': {'lam': 0.3, 'speed': 1}})
     with pytest.raises(ValueError, match=DISTILL_JSON):
         main_distill_config(tmp_path)
+
+
+def test_every_trainable_method_has_one_maker():
+    from dysl_ros.runtime.methods import TRAINABLE
+    from dysl_ros.train.baselines import MAKERS
+    assert sorted(MAKERS) == sorted(TRAINABLE)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from dysl_ros.datasets import load_stats
 from dysl_ros.model import VLA, VLAConfig
 from dysl_ros.model.io import load_dysl, load_vla, read_json, save_vla
 from dysl_ros.model.processing import preprocess_images
 from dysl_ros.model.tokenizer import WordTokenizer
-from dysl_ros.sim.demos import generate, load_stats
+from dysl_ros.sim.demos import generate
 from dysl_ros.sim.env import SimConfig
 from dysl_ros.train import bc, calibrate, distill
 from dysl_ros.train.bc import BCConfig, train_bc

@@ -33,7 +33,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
-from dysl_ros.nodes.chunking import ChunkExecutorConfig
+from dysl_ros.runtime.chunking import ChunkExecutorConfig
 from dysl_ros.nodes.image_conversion import rgb_to_compressed, rgb_to_image
 from dysl_ros.nodes.launcher import LocalLaunch, config_file, wait_for
 from dysl_ros.nodes.qos import (CAMERA_QOS, CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS,

@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dysl_ros.nodes.chunking import ChunkExecutor, ChunkExecutorConfig
-from dysl_ros.nodes.stats import PolicyStats, StepRecord
+from dysl_ros.runtime.chunking import ChunkExecutor, ChunkExecutorConfig
+from dysl_ros.runtime.stats import PolicyStats, StepRecord
 
 NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
 DT = 0.05

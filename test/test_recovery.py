@@ -7,11 +7,12 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from dysl_ros.datasets import iter_episodes, load_stats  # noqa: E402
 from dysl_ros.export.random_model import build_random_model  # noqa: E402
 from dysl_ros.model import VLAConfig  # noqa: E402
 from dysl_ros.runtime.methods import make_policy  # noqa: E402
 from dysl_ros.sim import SimConfig, TabletopEnv, make_expert  # noqa: E402
-from dysl_ros.sim.demos import add_arguments, generate, iter_episodes, load_stats, run  # noqa: E402
+from dysl_ros.sim.demos import add_arguments, generate, run  # noqa: E402
 from dysl_ros.sim.recovery import run_recovery_episode  # noqa: E402
 from dysl_ros.train.dataset import load_demos  # noqa: E402
 

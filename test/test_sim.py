@@ -7,9 +7,10 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from dysl_ros.datasets import (  # noqa: E402
+    EpisodeFormatError, iter_episodes, load_episode, load_stats, read_index)
 from dysl_ros.sim import ACTION_NAMES, TASKS, SimConfig, TabletopEnv, make_expert  # noqa: E402
-from dysl_ros.sim.demos import (  # noqa: E402
-    EpisodeFormatError, generate, iter_episodes, load_episode, load_stats, read_index)
+from dysl_ros.sim.demos import generate  # noqa: E402
 from dysl_ros.sim.expert import run_episode  # noqa: E402
 
 NO_RENDER = SimConfig(cameras=())

@@ -8,6 +8,7 @@
 
 Bags are read and written with `rosbags` (pure Python, rosbag2 MCAP or sqlite3): no ROS
 installation is needed, except for live replay (dysl_ros.nodes.bag_player, which
-imports rclpy and is loaded only for --live). Message types are the standard ROS 2 ones, so
-`ros2 bag info` / `ros2 bag play` read the bags on a robot.
+imports rclpy and is loaded only for --live; its comparison is dysl_ros.bags.evaluate).
+Message types are the standard ROS 2 ones, so `ros2 bag info` / `ros2 bag play` read the bags
+on a robot.
 """

@@ -1,8 +1,8 @@
-"""`python -m dysl_ros bag2demos`: recorded bags -> the demonstration format of sim/demos.py.
+"""`python -m dysl_ros bag2demos`: recorded bags -> the demonstration format (datasets.py).
 
 From camera frames, instructions and commands (a robot's teleoperation, or `record`) to one
 .npz per episode + index.json + stats.json, the format `train-bc`, `calibrate` and `distill`
-read (dysl_ros.sim.demos documents it), so DySL can be calibrated and distilled on a robot's
+read (dysl_ros.datasets documents it), so DySL can be calibrated and distilled on a robot's
 own demonstrations.
 
 Episodes start at each instruction message (dysl_ros.bags.episodes). The action of
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,12 +28,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..datasets import prepare_dataset_dir
+from ..datasets import FORMAT, action_stats, prepare_dataset_dir, save_episode
 from ..model.config import ACTION_NAMES
 from .episodes import BagEpisode, load_bag
 from .topics import TopicMap, add_topic_arguments, topics_from_args
-
-DEMOS_FORMAT = 'dysl_ros.demos/1'  # dysl_ros.sim.demos.FORMAT (not imported: it loads MuJoCo)
 
 
 def episode_arrays(e: BagEpisode, cameras: Sequence[str], image_size: int = 0
@@ -87,7 +84,7 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
     if image_size < 0 or (image_size and image_size < 16):
         raise ValueError(f'image_size={image_size} is invalid: expected 0 (keep) or >= 16')
     if len(action_names) != len(ACTION_NAMES):
-        # sim.demos.load_episode (and the trainers behind it) read (T, 7) actions only
+        # datasets.load_episode (and the trainers behind it) read (T, 7) actions only
         raise ValueError(f'action_names={list(action_names)}: the demo format takes '
                          f'{len(ACTION_NAMES)} actions {ACTION_NAMES}')
     out = prepare_dataset_dir(out, overwrite)
@@ -122,8 +119,8 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
             name = f'{task}_s{seed}.npz'
             if any(x['file'] == name for x in entries):
                 name = f'{task}_s{seed}_{n}.npz'
-            save_demo(out / name, arrays, e.instruction, task, seed,
-                      success=status.get('success') is not False)
+            save_episode(out / name, {**arrays, 'instruction': e.instruction, 'task': task,
+                                      'seed': seed, 'success': status.get('success') is not False})
             length = int(arrays['actions'].shape[0])
             entries.append({'file': name, 'task': task, 'instruction': e.instruction,
                             'seed': seed, 'length': length, 'bag': str(bag),
@@ -141,7 +138,7 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
         raise ValueError(f'no episode with commands in {[str(b) for b in bags]} '
                          f'(dropped: {dropped})')
     side = next(iter(sizes))
-    index = {'format': DEMOS_FORMAT, 'action_names': list(action_names),
+    index = {'format': FORMAT, 'action_names': list(action_names),
              'cameras': list(cameras), 'image_size': int(side[0]),
              'control_hz': float(np.median(rates)) if rates else None,
              'source': 'bag2demos', 'bags': [str(b) for b in bags],
@@ -149,27 +146,10 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
                         'instruction': topics.instruction, 'command': topics.command},
              'episodes': entries, 'per_task': per_task, 'dropped': dropped}
     (out / 'index.json').write_text(json.dumps(index, indent=1))
-    a = np.concatenate(all_actions).astype(np.float64)  # (N, D)
-    stats = {'action_names': list(action_names), 'count': int(a.shape[0]),
-             'mean': a.mean(0).tolist(), 'std': a.std(0).tolist(), 'min': a.min(0).tolist(),
-             'max': a.max(0).tolist()}
+    stats = action_stats(np.concatenate(all_actions), action_names)
     (out / 'stats.json').write_text(json.dumps(stats, indent=1))
-    return {'out_dir': str(out), 'episodes': len(entries), 'steps': int(a.shape[0]),
+    return {'out_dir': str(out), 'episodes': len(entries), 'steps': stats['count'],
             'dropped': dropped, 'per_task': per_task}
-
-
-def save_demo(path: Path, arrays: dict, instruction: str, task: str, seed: int,
-              success: bool) -> None:
-    """One episode .npz with the keys of sim.demos.save_episode, written atomically."""
-    data = {f'images_{c}': im for c, im in arrays['images'].items()}
-    data.update(actions=arrays['actions'].astype(np.float32),
-                phases=np.asarray(arrays['phases'], dtype=str),
-                instruction=np.array(instruction), task=np.array(task),
-                seed=np.array(seed, dtype=np.int64), success=np.array(bool(success)))
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'wb') as f:
-        np.savez_compressed(f, **data)
-    os.replace(tmp, path)
 
 
 # ---- CLI -------------------------------------------------------------------------------------

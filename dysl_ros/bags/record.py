@@ -102,7 +102,7 @@ def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
            progress: bool = True) -> dict:
     """Run the episodes in `env` (a TabletopEnv whose cameras are the topic map's) and write
     the bag; returns a summary. policy is required for source 'policy'."""
-    from ..nodes.chunking import ChunkExecutorConfig
+    from ..runtime.chunking import ChunkExecutorConfig
     from ..sim import TASKS
     from ..sim.expert import make_expert
     if cfg.source == 'policy' and policy is None:

@@ -19,7 +19,7 @@ import numpy as np
 from ..guidance import Guidance, GuidanceConfig
 from ..layout import Layout
 from ..runtime.policy import GuidedPolicy, ModelSpec, StepStats
-from ..runtime.runner import Runner
+from ..runtime.runner import Runner, RunnerWrapper
 
 
 @dataclass(frozen=True)
@@ -168,32 +168,17 @@ class _ReplayGuidance:
         self.cursor.t = 0
 
 
-class _ReplayRunner:
+class _ReplayRunner(RunnerWrapper):
     """Runs every unit for real; a controller's answer is the trace's (1.0 skip, 0.0 run)."""
 
     def __init__(self, inner: Runner, cursor: _Cursor, layout: Layout):
-        self.inner, self.cursor = inner, cursor
-        self.name = inner.name
+        super().__init__(inner)
+        self.cursor = cursor
         self._segment = {j: k for k, seg in enumerate(layout.segments) for j in seg.dynamic}
-
-    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
-        return self.inner.embed(images, tokens)
-
-    def layer(self, i: int, x: Any) -> Any:
-        return self.inner.layer(i, x)
-
-    def adapter(self, j: int, x: Any) -> Any:
-        return self.inner.adapter(j, x)
 
     def controller(self, j: int, x: Any) -> float:
         self.inner.controller(j, x)
         return 1.0 if self.cursor.decision.skipped_at[self._segment[j]] == j else 0.0
-
-    def head(self, x: Any) -> np.ndarray:
-        return self.inner.head(x)
-
-    def synchronize(self) -> None:
-        self.inner.synchronize()
 
 
 def replay_policy(trace: DecisionTrace, runner: Runner, spec: ModelSpec,

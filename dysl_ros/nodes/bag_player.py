@@ -1,13 +1,14 @@
 """Live replay: a bag's camera and instruction streams over DDS into a policy node.
 
-The one module of dysl_ros.bags that imports rclpy (dysl_ros.bags.replay loads it only for
---live). The frames keep their original header stamps. The policy node drops frames older
-than max_image_age relative to its clock, and a bag's stamps are as old as the bag, so the
-node runs on simulated time: this tool publishes /clock = each frame's stamp just before the
-frame (so every frame is fresh on arrival), and the node is started with use_sim_time = true
-(in-process) or must have been (--external: `ros2 run ... --ros-args -p use_sim_time:=true`).
-With --no-clock the node needs a max_image_age covering the stamps' age instead (the
-parameter allows at most 60 s: only for bags recorded moments ago).
+The rclpy half of `replay --live` (dysl_ros.bags.replay loads it only for --live; the chunks
+are compared in dysl_ros.bags.evaluate). The frames keep their original header stamps. The
+policy node drops frames older than max_image_age relative to its clock, and a bag's stamps
+are as old as the bag, so the node runs on simulated time: this tool publishes /clock = each
+frame's stamp just before the frame (so every frame is fresh on arrival), and the node is
+started with use_sim_time = true (in-process) or must have been (--external: `ros2 run ...
+--ros-args -p use_sim_time:=true`). With --no-clock the node needs a max_image_age covering
+the stamps' age instead (the parameter allows at most 60 s: only for bags recorded moments
+ago).
 
 Messages go out in log-time order at the recorded rate times `rate` (cameras of one instant
 before the primary camera, whose frame triggers inference). Everything the node publishes on
@@ -40,8 +41,7 @@ from tqdm import tqdm
 
 from ..bags.bagfile import BagWriter, read_messages
 from ..bags.episodes import BagData, load_bag
-from ..bags.policies import open_policy
-from ..bags.report import ChunkArrays, episode_record, recorded_stats, step_record
+from ..bags.evaluate import evaluate_live
 from ..bags.topics import MSG_CHUNK, MSG_COMPRESSED, MSG_STRING, TopicMap
 from ..validation import require
 from .launcher import LocalLaunch, wait_for
@@ -294,79 +294,3 @@ def _remaps(topics: TopicMap) -> list[str]:
     if topics.chunk != '/action_chunk':
         rules += ['-r', f'action_chunk:={topics.chunk}']
     return ['--ros-args'] + rules if rules else []
-
-
-def evaluate_live(live: BagData, source: BagData, references: Sequence[str],
-                  model: Optional[Path], backend: str, device: str, threads: int,
-                  progress: bool, have_model: bool = True
-                  ) -> tuple[list[dict], dict[str, np.ndarray], tuple[str, ...]]:
-    """Per-step records of the node's chunks in the live bag, against the chunks recorded in
-    the source bag (same stamps) and / or full-depth predictions made here."""
-    refs = []
-    for r in references:
-        r = ('recorded' if source.has_chunks else 'full') if r == 'auto' else r
-        if r not in refs:
-            refs.append(r)
-    recorded_chunks = {s: c[1] for e in source.episodes for s, c in e.chunks.items()}
-    recorded = {s: v for e in source.episodes for s, v in e.stats.items()}
-    full = None
-    if 'full' in refs or have_model:  # the model also gives the continuity's normalisation
-        try:
-            full = open_policy(model, backend, 'full', device, threads)
-        except (FileNotFoundError, ValueError):
-            if 'full' in refs:
-                raise
-    arrays = ChunkArrays(tuple(refs))
-    episodes = []
-    for e in live.episodes:
-        if full is not None:
-            full.reset()
-        track = _Continuity(full)
-        steps = []
-        for obs in tqdm([o for o in e.observations if o.stamp_ns in e.chunks],
-                        desc='compare', unit='step', disable=not progress, leave=False):
-            chunk = e.chunk_for(obs)
-            s = e.stats.get(obs.stamp_ns, {})
-            references_now = {}
-            if 'recorded' in refs:
-                references_now['recorded'] = recorded_chunks.get(obs.stamp_ns)
-            if 'full' in refs:
-                references_now['full'] = full.step(obs.images(), e.instruction)[0]
-            c, dc = track.push(chunk)
-            latency = {k: float(v) for k, v in s.get('latency_ms', {}).items()}
-            for key, name in (('policy_ms', 'node_step'), ('camera_to_chunk_ms',
-                                                          'camera_to_chunk')):
-                if key in s:
-                    latency[name] = float(s[key])
-            if 'total' not in latency and 'policy_ms' in s:
-                latency['total'] = float(s['policy_ms'])
-            steps.append(step_record(
-                obs, e, chunk, layers_run=s.get('layers_run', 0),
-                layers_total=s.get('layers_total', 0), layer_ids=s.get('layer_ids', []),
-                skipped_at=s.get('skipped_at', []), verified=s.get('verified', False),
-                allow_points=s.get('allow_points', []), continuity=c, continuity_change=dc,
-                latency=latency, references=references_now,
-                recorded=recorded_stats(recorded.get(obs.stamp_ns))))
-            arrays.add(e.index, obs, chunk, references_now)
-        episodes.append(episode_record(e, steps))
-    return episodes, arrays.finish(), tuple(refs)
-
-
-class _Continuity:
-    """C and dC after each chunk as the node's guidance computes them (normalised with the
-    model's statistics, its K); None without a model."""
-
-    def __init__(self, policy: Any):
-        from ..guidance import Guidance, GuidanceConfig
-        self.spec = getattr(policy, 'spec', None)
-        cfg = getattr(getattr(policy, 'guidance', None), 'cfg', None) or GuidanceConfig()
-        self.guidance = (Guidance(GuidanceConfig(history=cfg.history), [(0, 1)])
-                         if self.spec is not None else None)
-
-    def push(self, chunk: np.ndarray) -> tuple[Optional[float], Optional[float]]:
-        if self.guidance is None:
-            return None, None
-        normalised = (np.asarray(chunk, np.float64) - self.spec.action_mean) / \
-            self.spec.action_std  # (H, D)
-        self.guidance.push(normalised)
-        return self.guidance.continuity()

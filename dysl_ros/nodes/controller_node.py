@@ -14,7 +14,7 @@ Topics (relative names):
 
 How chunks are scheduled, blended (mode: replace or ensemble), dropped (negative or future
 stamps, older than max_chunk_age, from a previous episode, wrong names or sizes, too many
-points, uneven time_from_start, non-finite) and held is dysl_ros.nodes.chunking.ChunkExecutor;
+points, uneven time_from_start, non-finite) and held is dysl_ros.runtime.chunking.ChunkExecutor;
 this node only moves messages. Every drop is counted by reason in /diagnostics and logged
 (throttled); no message can stop the node. A hold is zero for
 every delta joint and the last command for absolute joints (the gripper); the node publishes
@@ -33,11 +33,11 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from .chunking import MODES, ChunkExecutor, ChunkExecutorConfig
+from ..runtime.chunking import MODES, ChunkExecutor, ChunkExecutorConfig
+from ..runtime.stats import percentile
 from .params import Param, declare_params
 from .qos import CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
 from .spin import spin_node
-from .stats import percentile
 
 _DEFAULT = ChunkExecutorConfig()
 PARAMS = (

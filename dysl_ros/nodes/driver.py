@@ -15,8 +15,8 @@ import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from ..runtime.stats import percentile
 from .qos import INSTRUCTION_QOS, STATUS_QOS
-from .stats import percentile
 
 
 class EpisodeDriver(Node):

@@ -66,12 +66,12 @@ from ..paths import default_model_dir
 from ..runtime.frames import FrameGate, Rejected
 from ..runtime.session import PolicySession, Waiting
 from ..runtime.policy import NonFiniteOutput
+from ..runtime.stats import PolicyStats, StepRecord
 from .image_conversion import ImageConversionError, msg_to_rgb
 from .params import Param, declare_params, read_params
 from .qos import (CAMERA_QOS, CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS,
                   SubscriptionEventCallbacks)
 from .spin import spin_node
-from .stats import PolicyStats, StepRecord
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp16', 'fp32')

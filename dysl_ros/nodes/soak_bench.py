@@ -294,7 +294,7 @@ def _check(procs: Sequence[NodeProcess], probe: Any, sent: int, elapsed: float,
 def summarize(raw: dict[str, Any], procs: Sequence[NodeProcess], args: argparse.Namespace,
               model: Path) -> dict[str, Any]:
     """The figures of one soak (a JSON-ready dict), with the reasons it failed, if any."""
-    from .stats import percentile
+    from ..runtime.stats import percentile
     sent = raw['sent']
     c2c = np.array([ms for _, ms in raw['camera_to_chunk']])
     stamps = [stamp for stamp, _ in raw['camera_to_chunk']]

@@ -45,7 +45,7 @@ from ..model.config import from_dict
 from ..model.io import DYSL_JSON, VLA_JSON, load_dysl, load_vla, read_json
 from ..model.vla import VLA
 from .policy import GuidedPolicy, ModelSpec, Policy, StepStats, Clock
-from .runner import Runner
+from .runner import Runner, RunnerWrapper
 from .torch_runner import TorchRunner
 
 METHODS = ('full', 'dysl', 'dysl-no-preskip', 'dysl-no-verify', 'dysl-joint', 'dysl-no-static',
@@ -68,36 +68,23 @@ def baseline_dir(model_dir: Path, name: str) -> Path:
     return Path(model_dir) / 'baselines' / name
 
 
-class RandomSkipRunner:
+class RandomSkipRunner(RunnerWrapper):
     """Wraps a runner: every controller is a Bernoulli(q) coin from a seeded generator and
     every adapter is the identity (the random-skip baseline; walk and layers unchanged)."""
 
     def __init__(self, base: Runner, q: float, seed: int = 0):
         if not 0.0 <= q <= 1.0:
             raise ValueError(f'q={q!r} is invalid: expected a probability in [0, 1]')
-        self.base = base
+        super().__init__(base, f'{base.name}+random-skip')
         self.q = float(q)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self.name = f'{base.name}+random-skip'
-
-    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
-        return self.base.embed(images, tokens)
-
-    def layer(self, i: int, x: Any) -> Any:
-        return self.base.layer(i, x)
 
     def adapter(self, j: int, x: Any) -> Any:
         return x
 
     def controller(self, j: int, x: Any) -> float:
         return 1.0 if self.rng.random() < self.q else 0.0
-
-    def head(self, x: Any) -> np.ndarray:
-        return self.base.head(x)
-
-    def synchronize(self) -> None:
-        self.base.synchronize()
 
 
 class BaselinePolicy:

@@ -32,3 +32,30 @@ class Runner(Protocol):
 
     def synchronize(self) -> None:
         """Wait for queued device work (for honest per-stage timing); no-op on the CPU."""
+
+
+class RunnerWrapper:
+    """A runner passed through: every unit goes to `inner`; a subclass overrides the units it
+    changes or watches (counting calls, replaying decisions, random coins, ...)."""
+
+    def __init__(self, inner: Runner, name: str = ''):
+        self.inner = inner
+        self.name = name or inner.name
+
+    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
+        return self.inner.embed(images, tokens)
+
+    def layer(self, i: int, x: Any) -> Any:
+        return self.inner.layer(i, x)
+
+    def adapter(self, j: int, x: Any) -> Any:
+        return self.inner.adapter(j, x)
+
+    def controller(self, j: int, x: Any) -> float:
+        return self.inner.controller(j, x)
+
+    def head(self, x: Any) -> np.ndarray:
+        return self.inner.head(x)
+
+    def synchronize(self) -> None:
+        self.inner.synchronize()

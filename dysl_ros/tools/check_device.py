@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from ..runtime.runner import RunnerWrapper  # numpy only: safe before the checks
+
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 TRT_TOLERANCE = {'fp32': 1e-3, 'fp16': 3e-2}  # engine vs ONNX Runtime (CPU), relative
 MIN_FRACTION_OF_IDEAL = 0.5  # DySL backbone vs full depth x layer fraction
@@ -192,15 +194,14 @@ def compare_runners(ref: Any, runner: Any, layout: Any, pixels: np.ndarray,
     return checks
 
 
-class _Margins:
+class _Margins(RunnerWrapper):
     """A runner passed through, recording |skip probability - threshold| of every
     controller call: how close the reference came to deciding the other way."""
 
     def __init__(self, inner: Any, threshold: float):
-        self.inner, self.name, self.threshold = inner, inner.name, threshold
+        super().__init__(inner)
+        self.threshold = threshold
         self.margins: list[float] = []
-        for unit in ('embed', 'layer', 'adapter', 'head', 'synchronize'):
-            setattr(self, unit, getattr(inner, unit))
 
     def controller(self, j: int, x: Any) -> float:
         p = self.inner.controller(j, x)

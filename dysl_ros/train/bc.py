@@ -30,7 +30,7 @@ from ..model.vla import VLA
 from ..validation import require
 from .dataset import (ACTION_MIN_STD, DemoDataset, augment_images, demo_cameras,
                       demo_folders, demo_instructions, demo_tokenizer, load_demos)
-from .optim import check_optimiser_fields, cosine_factor
+from .optim import check_optimiser_fields, cosine_factor, pick_device
 
 CHECKPOINT = 'checkpoint'
 OPTIM_WEIGHTS, OPTIM_JSON, STATE_WEIGHTS, STATE_JSON = (
@@ -109,16 +109,6 @@ class BCConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def pick_device(name: str = 'auto') -> torch.device:
-    """'auto' -> CUDA when available, else the CPU; 'cpu' / 'cuda' / 'cuda:1' as given."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device={name!r}: CUDA is not available here')
-    return device
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

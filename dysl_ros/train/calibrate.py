@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..layout import Layout
 from ..model.config import VLAConfig
 
-if TYPE_CHECKING:  # the dataset imports the simulator: load it only when calibrating on demos
+if TYPE_CHECKING:  # torch-heavy modules: loaded only when calibrating
     from ..model.dysl import DySL
     from ..model.vla import VLA
     from .dataset import DemoDataset
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     """Calibrate static layers and tau of a trained VLA; writes calibration.json."""
     from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import DYSL_JSON, load_vla, update_guidance, write_json
-    from .bc import pick_device
+    from .optim import pick_device
     from .dataset import DemoDataset, load_demos
     vla = load_vla(args.model_dir, map_location=str(pick_device(args.device)))
     episodes, stats = load_demos(args.demos)

@@ -1,4 +1,4 @@
-"""Behaviour-cloning samples from expert demonstrations (the .npz episodes of sim.demos).
+"""Behaviour-cloning samples from expert demonstrations (dysl_ros.datasets episodes).
 
 One sample per (episode, step t): the cameras' images before action t, the instruction's
 tokens, and the chunk of the next H actions a_t .. a_{t+H-1}, normalised with the dataset
@@ -7,7 +7,7 @@ statistics; past the episode end the last action is repeated and the mask is Fal
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -15,12 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..datasets import Episode, iter_episodes, load_stats, read_index
 from ..model.processing import preprocess_images
 from ..model.tokenizer import DEFAULT_WORDS, WordTokenizer
 from ..model.vla import VLA
-
-if TYPE_CHECKING:  # sim imports MuJoCo: the readers are imported where they are used, so
-    from ..sim.demos import Episode  # the CLI works on a robot without the simulator
 
 ACTION_MIN_STD = 1e-3  # std floor, as VLA.set_action_stats: constant dimensions stay finite
 # uint8 -> [-1, 1] computed as preprocess_images does (float64, then float32): bit-identical
@@ -40,7 +38,6 @@ def load_demos(directories: str | os.PathLike | Sequence[str | os.PathLike]
                ) -> tuple[list[Episode], dict[str, np.ndarray]]:
     """Every episode of one or more demo folders (in order), and the action statistics of
     the first: extra folders (recovery demos) add samples, not a new normalisation."""
-    from ..sim.demos import iter_episodes, load_stats
     dirs = demo_folders(directories)
     cameras = demo_cameras(dirs[0])[0]
     episodes = []
@@ -57,7 +54,6 @@ def load_demos(directories: str | os.PathLike | Sequence[str | os.PathLike]
 
 def demo_instructions(directory: str | os.PathLike) -> list[str]:
     """The distinct instructions of a demo folder (from index.json, in order)."""
-    from ..sim.demos import read_index
     out: list[str] = []
     for entry in read_index(directory)['episodes']:
         if entry.get('instruction') not in out:
@@ -72,7 +68,6 @@ def demo_tokenizer(instructions: Sequence[str], max_tokens: int) -> WordTokenize
 
 def demo_cameras(directory: str | os.PathLike) -> tuple[tuple[str, ...], int]:
     """(cameras, image size) the demonstrations were recorded with."""
-    from ..sim.demos import read_index
     index = read_index(directory)
     return tuple(index['cameras']), int(index['image_size'])
 

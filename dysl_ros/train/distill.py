@@ -29,7 +29,8 @@ from ..model.dysl import DySL
 from ..model.io import save_dysl
 from ..validation import require
 from .calibrate import module_device
-from .optim import check_optimiser_fields, check_reiterable, cycle, frozen, make_optimizer
+from .optim import (check_optimiser_fields, check_reiterable, cycle, frozen, make_optimizer,
+                    pick_device, update)
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 DECAYS = ('harmonic', 'linear')
@@ -156,7 +157,7 @@ def stage1(dysl: DySL, inputs: Iterable[torch.Tensor], cfg: DistillConfig,
         bar = tqdm(range(steps), desc='distill stage 1', disable=not cfg.progress)
         for _, x in zip(bar, cycle(inputs, device)):
             loss, _ = _stage1_loss(dysl, x, cfg.relative_mse)
-            _update(opt, sched, loss, dysl.adapters.parameters(), cfg.grad_clip)
+            update(opt, sched, loss, dysl.adapters.parameters(), cfg.grad_clip)
             losses.append(loss.item())
             bar.set_postfix(loss=f'{losses[-1]:.4g}')
         end, end_per = adapter_error(dysl, evals, cfg.relative_mse)
@@ -242,7 +243,7 @@ def stage2(dysl: DySL, inputs: Iterable[torch.Tensor], cfg: DistillConfig,
             kd = hidden_mse(y, teacher, cfg.relative_mse)
             act = F.l1_loss(head(y).float(), a_t.float()) if a_t is not None else kd.new_zeros(())
             loss = kd + cfg.action_weight * act + cfg.lam * (1.0 - p).mean()
-            _update(opt, sched, loss, params, cfg.grad_clip)
+            update(opt, sched, loss, params, cfg.grad_clip)
             hist['loss'].append(loss.item())
             hist['kd'].append(kd.item())
             hist['action'].append(act.item())
@@ -290,19 +291,6 @@ def _eval_batches(inputs: Iterable[torch.Tensor], cfg: DistillConfig,
     if not out:
         raise ValueError('inputs is empty: need at least one batch')
     return out
-
-
-def _update(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor,
-            params: Iterable[nn.Parameter], clip: float) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f'non-finite training loss {float(loss)}: lower lr or check '
-                                 'the inputs')
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(list(params), clip)
-    opt.step()
-    sched.step()
 
 
 def _save(dysl: DySL, directory: Optional[Path], guidance: Optional[dict[str, Any]]) -> None:
@@ -366,7 +354,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Distill the DySL parts of a trained, calibrated VLA; writes dysl.* and distill.json."""
     from ..model.io import load_vla, write_json
-    from .bc import pick_device
     from .calibrate import (CALIBRATION_JSON, calibrate_model, format_calibration,
                             read_calibration)
     from .dataset import DemoDataset, EmbeddedBatches, load_demos

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -40,15 +40,46 @@ def check_reiterable(inputs: Iterable, name: str = 'inputs') -> None:
                          f'{type(inputs).__name__}')
 
 
-def cycle(inputs: Iterable[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
-    """Yield input batches on `device` forever, re-iterating `inputs` at each pass."""
+def pick_device(name: str = 'auto') -> torch.device:
+    """'auto' -> CUDA when available, else the CPU; 'cpu' / 'cuda' / 'cuda:1' as given."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device={name!r}: CUDA is not available here')
+    return device
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device)
+
+
+def cycle(inputs: Iterable[Any], device: torch.device,
+          move: Callable[[Any, torch.device], Any] = _to) -> Iterator[Any]:
+    """Yield input batches on `device` forever (move: how a batch gets there; default
+    Tensor.to), re-iterating `inputs` at each pass."""
     while True:
         n = 0
         for x in inputs:
             n += 1
-            yield x.to(device)
+            yield move(x, device)
         if n == 0:
             raise ValueError('inputs is empty: need at least one batch')
+
+
+def update(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor,
+           params: Iterable[nn.Parameter], clip: float) -> None:
+    """One optimiser step on loss (refused when it is not finite), gradients clipped to
+    `clip` (0: no clipping), then one scheduler step."""
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f'non-finite training loss {float(loss)}: lower lr or check '
+                                 'the inputs')
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(params), clip)
+    opt.step()
+    sched.step()
 
 
 def state_checksum(modules: Iterable[nn.Module]) -> str:

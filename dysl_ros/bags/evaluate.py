@@ -1,0 +1,89 @@
+"""A live replay's chunks against references, without ROS: the comparison behind
+`replay --live` (dysl_ros.nodes.bag_player publishes the bag and records the live bag)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..guidance import Guidance, GuidanceConfig
+from .episodes import BagData
+from .policies import open_policy
+from .report import ChunkArrays, episode_record, recorded_stats, step_record
+
+
+def evaluate_live(live: BagData, source: BagData, references: Sequence[str],
+                  model: Optional[Path], backend: str, device: str, threads: int,
+                  progress: bool, have_model: bool = True
+                  ) -> tuple[list[dict], dict[str, np.ndarray], tuple[str, ...]]:
+    """Per-step records of the node's chunks in the live bag, against the chunks recorded in
+    the source bag (same stamps) and / or full-depth predictions made here."""
+    refs = []
+    for r in references:
+        r = ('recorded' if source.has_chunks else 'full') if r == 'auto' else r
+        if r not in refs:
+            refs.append(r)
+    recorded_chunks = {s: c[1] for e in source.episodes for s, c in e.chunks.items()}
+    recorded = {s: v for e in source.episodes for s, v in e.stats.items()}
+    full = None
+    if 'full' in refs or have_model:  # the model also gives the continuity's normalisation
+        try:
+            full = open_policy(model, backend, 'full', device, threads)
+        except (FileNotFoundError, ValueError):
+            if 'full' in refs:
+                raise
+    arrays = ChunkArrays(tuple(refs))
+    episodes = []
+    for e in live.episodes:
+        if full is not None:
+            full.reset()
+        track = _Continuity(full)
+        steps = []
+        for obs in tqdm([o for o in e.observations if o.stamp_ns in e.chunks],
+                        desc='compare', unit='step', disable=not progress, leave=False):
+            chunk = e.chunk_for(obs)
+            s = e.stats.get(obs.stamp_ns, {})
+            references_now = {}
+            if 'recorded' in refs:
+                references_now['recorded'] = recorded_chunks.get(obs.stamp_ns)
+            if 'full' in refs:
+                references_now['full'] = full.step(obs.images(), e.instruction)[0]
+            c, dc = track.push(chunk)
+            latency = {k: float(v) for k, v in s.get('latency_ms', {}).items()}
+            for key, name in (('policy_ms', 'node_step'), ('camera_to_chunk_ms',
+                                                          'camera_to_chunk')):
+                if key in s:
+                    latency[name] = float(s[key])
+            if 'total' not in latency and 'policy_ms' in s:
+                latency['total'] = float(s['policy_ms'])
+            steps.append(step_record(
+                obs, e, chunk, layers_run=s.get('layers_run', 0),
+                layers_total=s.get('layers_total', 0), layer_ids=s.get('layer_ids', []),
+                skipped_at=s.get('skipped_at', []), verified=s.get('verified', False),
+                allow_points=s.get('allow_points', []), continuity=c, continuity_change=dc,
+                latency=latency, references=references_now,
+                recorded=recorded_stats(recorded.get(obs.stamp_ns))))
+            arrays.add(e.index, obs, chunk, references_now)
+        episodes.append(episode_record(e, steps))
+    return episodes, arrays.finish(), tuple(refs)
+
+
+class _Continuity:
+    """C and dC after each chunk as the node's guidance computes them (normalised with the
+    model's statistics, its K); None without a model."""
+
+    def __init__(self, policy: Any):
+        self.spec = getattr(policy, 'spec', None)
+        cfg = getattr(getattr(policy, 'guidance', None), 'cfg', None) or GuidanceConfig()
+        self.guidance = (Guidance(GuidanceConfig(history=cfg.history), [(0, 1)])
+                         if self.spec is not None else None)
+
+    def push(self, chunk: np.ndarray) -> tuple[Optional[float], Optional[float]]:
+        if self.guidance is None:
+            return None, None
+        normalised = (np.asarray(chunk, np.float64) - self.spec.action_mean) / \
+            self.spec.action_std  # (H, D)
+        self.guidance.push(normalised)
+        return self.guidance.continuity()

@@ -1,0 +1,42 @@
+"""FlexiDepth: routers + adapters on the frozen backbone, L_task + alpha * (sum_l g_l)^2."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ...model.baselines import FlexiDepth, FlexiDepthConfig, save_baseline
+from ...model.vla import VLA
+from ..optim import check_reiterable
+from .common import Batch, BaselineTrainConfig, Job, curve_ends, evaluate, task_target, train_loop
+
+
+def train_flexidepth(vla: VLA, inputs: Iterable[Batch], cfg: BaselineTrainConfig,
+                     model_cfg: FlexiDepthConfig = FlexiDepthConfig()
+                     ) -> tuple[FlexiDepth, dict[str, Any]]:
+    """Routers + adapters on every layer: L = L1(chunk, target) + alpha * (sum_l g_l)^2."""
+    check_reiterable(inputs)
+    fd = FlexiDepth(vla.blocks, vla.cfg.d_model, model_cfg).to(vla.action_mean.device)
+    params = fd.trainable_parameters()
+
+    def step(x: torch.Tensor, y: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        target = task_target(vla, x, y)
+        h, g = fd.forward_train(x, cfg.flexi_hard)  # (B, T, C), (B, L)
+        task = F.l1_loss(vla.head(h).float(), target.float())
+        loss = task + cfg.flexi_alpha * g.sum(dim=1).pow(2).mean()
+        return {'loss': loss, 'task': task, 'mean_gates': g.sum(dim=1).mean()}
+
+    hist = train_loop(vla, inputs, cfg, params, [fd.routers, fd.adapters], 'flexidepth', step,
+                      show=('mean_gates', 'g'))
+    fd.eval()
+    ev = evaluate(vla, inputs, cfg.eval_samples, fd.infer, vla.head)
+    return fd, {'steps': cfg.steps, **curve_ends(hist), 'eval': ev}
+
+
+def make(job: Job, name: str, out_dir: Path) -> dict[str, Any]:
+    """Train FlexiDepth on the demo pairs and save it."""
+    module, info = train_flexidepth(job.vla, job.pairs, job.cfg)
+    save_baseline(module, out_dir, {'train': info, 'config': job.cfg.to_dict()})
+    return info
