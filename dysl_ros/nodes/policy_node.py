@@ -31,7 +31,10 @@ publishes, so no executor round trip sits between a frame and its chunk.
 
 Episodes: every instruction message and every ~/reset call starts a new episode: the action
 history (continuity ring buffer) is cleared before the next step, and frames and stamps
-received before are forgotten (every lifecycle transition forgets them too).
+received before are forgotten (every lifecycle transition forgets them too). What to step
+on and when (instruction checks, episodes, frames paired by stamp, staleness) is
+dysl_ros.runtime.session.PolicySession; this node moves messages, runs the model thread
+and logs.
 
 Bad input is logged (throttled), counted in /diagnostics (stats.ERROR_KINDS) and never stops
 the node or keeps it from serving the next good frame: unsupported encodings, wrong or

@@ -13,7 +13,7 @@ Times are integer nanoseconds on the clock that stamps the frames (a node's ROS 
 - A step is refused as stale when any of its frames is older than `max_age`.
 - `clear()` forgets frames and stamps: a new episode, a reset, a lifecycle transition.
 
-Not thread-safe: the caller serialises calls (the policy node holds its lock).
+Not thread-safe: the caller serialises calls (runtime.session.PolicySession holds its lock).
 """
 from __future__ import annotations
 
