@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE = 'dysl_ros'
+# A model directory's JSON files (model.io writes them beside their safetensors weights).
+VLA_JSON, DYSL_JSON = 'vla.json', 'dysl.json'
 
 
 def package_path(*parts: str) -> Path:

@@ -12,7 +12,7 @@ from rosbags.rosbag2 import Reader
 from dysl_ros.bags import convert, record
 from dysl_ros.bags.bagfile import BagError
 from dysl_ros.bags.episodes import load_bag
-from dysl_ros.bags.policies import open_policy
+from dysl_ros.runtime.loading import PolicyOptions, open_policy
 from dysl_ros.bags.record import RecordConfig, default_topics
 from dysl_ros.bags.replay import ReplayConfig, replay_step_locked
 from dysl_ros.bags.topics import TopicMap, deserialize, time_to_ns
@@ -243,8 +243,8 @@ def test_restored_guidance_reproduces_skips_of_a_cut_bag(tmp_path):
     recording's until the recorded ring buffer and allow points are restored before each
     step."""
     tight = tiny_model(tmp_path / 'tight', tau=0.005)  # the allow points move in episode 1
-    four = {'executed_actions': 4}  # as the recording runs: four actions per chunk
-    policy = open_policy(tight, guidance=four)
+    four = PolicyOptions(guidance={'executed_actions': 4})  # as recorded: 4 actions a chunk
+    policy = open_policy(tight, options=four)
     topics = default_topics(policy.spec.cameras)
     with TabletopEnv(SimConfig(image_size=32, cameras=topics.camera_names,
                                max_steps=32)) as env:
@@ -253,10 +253,10 @@ def test_restored_guidance_reproduces_skips_of_a_cut_bag(tmp_path):
                       topics, env, policy, progress=False)
     data = load_bag(tmp_path / 'bag', topics)
     data.episodes[0].observations = data.episodes[0].observations[4:]
-    plain, _ = replay_step_locked(data, open_policy(tight, guidance=four), progress=False)
+    plain, _ = replay_step_locked(data, open_policy(tight, options=four), progress=False)
     first = plain[0]['steps'][0]
     assert first['guidance_match'] is False and first['skips_match'] is False
-    restored, _ = replay_step_locked(data, open_policy(tight, guidance=four),
+    restored, _ = replay_step_locked(data, open_policy(tight, options=four),
                                      ReplayConfig(restore_guidance=True), progress=False)
     steps = restored[0]['steps']
     assert len(steps) == 7
@@ -426,7 +426,8 @@ def test_onnxruntime_bag_replays_exactly_on_onnxruntime_and_closely_on_torch(tmp
     """Last in the file: an ONNX export slows later torch work in the same process."""
     directory = tiny_model(tmp_path / 'model', export=True)
     one = {'executed_actions': 1}  # as the recording runs: one action per chunk
-    policy = open_policy(directory, backend='onnxruntime', threads=1, guidance=one)
+    on_ort = PolicyOptions(threads=1, guidance=one)
+    policy = open_policy(directory, 'onnxruntime', options=on_ort)
     topics = default_topics(policy.spec.cameras)
     with TabletopEnv(SimConfig(image_size=32, cameras=topics.camera_names,
                                max_steps=6)) as env:
@@ -434,10 +435,11 @@ def test_onnxruntime_bag_replays_exactly_on_onnxruntime_and_closely_on_torch(tmp
                                                      start_ns=START_NS),
                       topics, env, policy, progress=False)
     data = load_bag(tmp_path / 'bag', topics)
-    same, _ = replay_step_locked(data, open_policy(directory, backend='onnxruntime',
-                                                   threads=1, guidance=one), progress=False)
+    same, _ = replay_step_locked(data, open_policy(directory, 'onnxruntime', options=on_ort),
+                                 progress=False)
     assert [s['errors']['recorded']['exact'] for s in same[0]['steps']] == [True] * 6
-    torch_steps = replay_step_locked(data, open_policy(directory, guidance=one),
+    on_torch = PolicyOptions(guidance=one)
+    torch_steps = replay_step_locked(data, open_policy(directory, options=on_torch),
                                      progress=False)[0][0]['steps']
     assert all(s['skips_match'] for s in torch_steps)
     assert max(s['errors']['recorded']['max_abs'] for s in torch_steps) < 1e-5

@@ -20,7 +20,7 @@ from dysl_ros.guidance import GuidanceConfig
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
 from dysl_ros.model.io import save_dysl, save_vla
-from dysl_ros.runtime.loading import load_guided_policy, load_model, make_runner
+from dysl_ros.runtime.loading import load_model, make_runner, open_policy
 from dysl_ros.runtime.manifest import MANIFEST_NAME, Manifest, ManifestError
 from dysl_ros.runtime.onnx_runner import OnnxRunner
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
@@ -154,7 +154,7 @@ def test_every_unit_matches_pytorch(model, export_dir):
 def test_guided_steps_match_pytorch(model, export_dir):
     vla, dysl = model
     ref = GuidedPolicy(TorchRunner(vla, dysl), ModelSpec.from_model(vla, LAYOUT), GUIDANCE)
-    ort_policy = load_guided_policy('onnxruntime', export_dir)
+    ort_policy = open_policy(export_dir, 'onnxruntime')
     assert ort_policy.guidance.cfg == GUIDANCE
     keys = []
     for t, images in enumerate(observations(16)):
@@ -267,8 +267,8 @@ def test_runner_checks_its_inputs(export_dir):
 
 
 def test_runner_factory(model_dir, export_dir):
-    torch_policy = load_guided_policy('torch', model_dir)
-    ort_policy = load_guided_policy('onnxruntime', export_dir / MANIFEST_NAME)
+    torch_policy = open_policy(model_dir, 'torch')
+    ort_policy = open_policy(export_dir / MANIFEST_NAME, 'onnxruntime')
     assert torch_policy.runner.name == 'torch' and ort_policy.runner.name == 'onnxruntime'
     assert torch_policy.guidance.cfg == ort_policy.guidance.cfg == GUIDANCE
     for images in observations(3, seed=7):
@@ -293,7 +293,7 @@ def test_fused_controllers_match_pytorch(model, tmp_path):
         LAYOUT.dynamic)
     assert all(c.rel <= 1e-4 for c in checks), [c.describe() for c in checks]
     ref = GuidedPolicy(TorchRunner(vla, dysl), ModelSpec.from_model(vla, LAYOUT), GUIDANCE)
-    policy = load_guided_policy('onnxruntime', tmp_path)
+    policy = open_policy(tmp_path, 'onnxruntime')
     for t, images in enumerate(observations(8)):
         chunk_ref, s_ref = ref.step(images, INSTRUCTION)
         chunk, s = policy.step(images, INSTRUCTION)
@@ -320,8 +320,8 @@ NO_TORCH = """
 import sys
 sys.modules['torch'] = None  # every import of torch fails from here on
 import numpy as np
-from dysl_ros.runtime.loading import load_guided_policy
-policy = load_guided_policy('onnxruntime', sys.argv[1])
+from dysl_ros.runtime.loading import open_policy
+policy = open_policy(sys.argv[1], 'onnxruntime')
 images = {c: np.zeros((48, 48, 3), np.uint8) for c in policy.spec.cameras}
 chunk, stats = policy.step(images, 'pick up the red block')
 print(chunk.shape, stats.layers_total)

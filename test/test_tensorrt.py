@@ -18,7 +18,7 @@ from dysl_ros.bench.trace import DecisionTrace, replay_policy  # noqa: E402
 from dysl_ros.export.onnx_export import compare_units, export_model  # noqa: E402
 from dysl_ros.runtime.engine_build import (PRECISIONS, BuildSettings, EngineError,  # noqa: E402
                                            apply_settings, layer_views, norm_layers)
-from dysl_ros.runtime.loading import load_guided_policy, load_model  # noqa: E402
+from dysl_ros.runtime.loading import PolicyOptions, load_model, open_policy  # noqa: E402
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec  # noqa: E402
 from dysl_ros.runtime.tensorrt_runner import TensorRTRunner, scratch_size  # noqa: E402
 
@@ -71,7 +71,8 @@ def test_every_unit_matches_pytorch(exported, fp32_runner):
 
 def test_guided_steps_match_onnxruntime(exported, fp32_runner):
     _, _, manifest = exported
-    ref = load_guided_policy('onnxruntime', manifest.directory, providers=CPU)
+    ref = open_policy(manifest.directory, 'onnxruntime',
+                      options=PolicyOptions(providers=tuple(CPU)))
     policy = GuidedPolicy(fp32_runner, manifest.spec(), manifest.guidance_config())
     for t, images in enumerate(observations(12)):
         chunk_ref, s_ref = ref.step(images, INSTRUCTION)
@@ -83,7 +84,8 @@ def test_guided_steps_match_onnxruntime(exported, fp32_runner):
 
 def test_fp16_engines_give_the_same_chunks_for_the_same_decisions(exported, tmp_path):
     _, _, manifest = exported
-    ref = load_guided_policy('onnxruntime', manifest.directory, providers=CPU)
+    ref = open_policy(manifest.directory, 'onnxruntime',
+                      options=PolicyOptions(providers=tuple(CPU)))
     obs = observations(10)
     stats = [ref.step(images, INSTRUCTION) for images in obs]
     trace = DecisionTrace.from_stats(LAYOUT, [s for _, s in stats])

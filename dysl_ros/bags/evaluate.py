@@ -9,8 +9,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..guidance import Guidance, GuidanceConfig
+from ..runtime.loading import PolicyOptions, open_policy
 from .episodes import BagData
-from .policies import open_policy
 from .report import ChunkArrays, episode_record, recorded_stats, step_record
 
 
@@ -30,7 +30,8 @@ def evaluate_live(live: BagData, source: BagData, references: Sequence[str],
     full = None
     if 'full' in refs or have_model:  # the model also gives the continuity's normalisation
         try:
-            full = open_policy(model, backend, 'full', device, threads)
+            full = open_policy(model, backend, 'full',
+                               PolicyOptions(device=device, threads=threads))
         except (FileNotFoundError, ValueError):
             if 'full' in refs:
                 raise

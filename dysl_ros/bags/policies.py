@@ -1,25 +1,9 @@
-"""Loading the policy a bag tool runs, as the policy node loads it, without ROS."""
+"""What the bag tools ask of a policy beyond opening it (runtime.loading.open_policy opens
+it, as the policy node does): its full-depth twin, its guidance, the guidance it was recorded
+with."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional
-
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-
-
-def open_policy(model: Optional[Path | str], backend: str = 'torch', method: str = 'dysl',
-                device: str = 'cpu', threads: int = 0,
-                guidance: Optional[Mapping[str, Any]] = None) -> Any:
-    """The Policy the policy node would run with these parameters (model_path, backend,
-    method, device, ort_threads); model None means models/default; guidance replaces stored
-    guidance settings (executed_actions, ...)."""
-    from ..paths import default_model_dir
-    from ..runtime.loading import open_policy as open_runtime_policy
-    if backend not in BACKENDS:
-        raise ValueError(f'backend={backend!r} is invalid: expected one of {BACKENDS}')
-    options = {'threads': threads} if backend == 'onnxruntime' else {}
-    return open_runtime_policy(Path(model) if model else default_model_dir(), backend, method,
-                               device, guidance=guidance, **options)
+from typing import Any, Optional
 
 
 def full_depth_twin(policy: Any) -> Any:

@@ -35,9 +35,10 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
 from ..validation import require
 from .bagfile import STORAGES, BagWriter
-from .policies import BACKENDS, guidance_of, open_policy
+from .policies import guidance_of
 from .topics import (DEFAULT_CAMERAS, MSG_CHUNK, MSG_COMMAND, MSG_IMAGE, MSG_STRING, TopicMap,
                      add_topic_arguments, chunk_msg, command_msg, image_msg, json_msg,
                      string_msg, topics_from_args)
@@ -289,8 +290,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads > 0:
             import torch
             torch.set_num_threads(args.threads)
-        policy = open_policy(args.model, args.backend, args.method, args.device, args.threads,
-                             guidance={'executed_actions': cfg.execute})
+        policy = open_policy(args.model, args.backend, args.method,
+                             PolicyOptions(device=args.device, threads=args.threads,
+                                           guidance={'executed_actions': cfg.execute}))
         if 'cameras' not in given:
             topics = TopicMap(**{**_fields(topics),
                                  'cameras': default_topics(tuple(policy.spec.cameras)).cameras})

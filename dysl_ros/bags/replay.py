@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
 from ..validation import require
 from .bagfile import BagError
 from .episodes import BagData, load_bag
-from .policies import BACKENDS, full_depth_twin, guidance_of, open_policy, recorded_guidance
+from .policies import full_depth_twin, guidance_of, recorded_guidance
 from .record import guidance_state_from_json, guidance_state_json
 from .report import ChunkArrays, episode_record, recorded_stats, step_record, write_report
 from .topics import add_topic_arguments, topics_from_args
@@ -222,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
             references=cfg.references, progress=not args.quiet)
         meta.update(live_meta)
     else:
-        policy = open_policy(args.model, args.backend, args.method, args.device, args.threads,
-                             guidance=recorded_guidance(data.info))
+        policy = open_policy(args.model, args.backend, args.method,
+                             PolicyOptions(device=args.device, threads=args.threads,
+                                           guidance=recorded_guidance(data.info)))
         episodes, arrays = replay_step_locked(data, policy, cfg, progress=not args.quiet)
         meta['frames'], meta['references'] = cfg.resolve(data)
     report = write_report(args.out, meta, episodes, arrays, plots=not args.no_plots)

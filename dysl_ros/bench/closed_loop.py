@@ -78,12 +78,12 @@ def _worker(job: tuple) -> list[Episode]:
     model_dir, method, instruction, seeds, open_loop_steps, image_size, guidance = job
     import torch
     torch.set_num_threads(1)
-    from ..runtime.methods import make_policy
+    from ..runtime.loading import PolicyOptions, open_policy
     from ..sim import SimConfig, TabletopEnv
     # only the actions that run before the next inference enter the continuity history
-    policy = make_policy(method, Path(model_dir),
-                         guidance={'executed_actions': open_loop_steps, **guidance},
-                         profile=True)  # backbone_ms is read from the stage timings
+    policy = open_policy(model_dir, 'torch', method, PolicyOptions(
+        guidance={'executed_actions': open_loop_steps, **guidance},
+        profile=True))  # backbone_ms is read from the stage timings
     env = TabletopEnv(SimConfig(image_size=image_size))
     try:
         return [run_episode(policy, env, instruction, s, method, open_loop_steps)

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..layout import Layout
+from ..paths import DYSL_JSON, VLA_JSON
 from .config import DySLConfig, VLAConfig
 from .dysl import DySL
 from .tokenizer import WordTokenizer
 from .vla import VLA
 
-VLA_WEIGHTS, VLA_JSON = 'vla.safetensors', 'vla.json'
-DYSL_WEIGHTS, DYSL_JSON = 'dysl.safetensors', 'dysl.json'
+VLA_WEIGHTS, DYSL_WEIGHTS = 'vla.safetensors', 'dysl.safetensors'  # beside VLA_JSON, DYSL_JSON
 FORMAT = 1
 
 

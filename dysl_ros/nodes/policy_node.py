@@ -66,6 +66,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..paths import default_model_dir
+from ..runtime.engine_build import PRECISIONS
+from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_policy
 from ..runtime.frames import FrameGate, Rejected
 from ..runtime.session import PolicySession, Waiting
 from ..runtime.policy import NonFiniteOutput
@@ -76,9 +78,6 @@ from .qos import (CAMERA_QOS, CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS
                   SubscriptionEventCallbacks)
 from .spin import spin_node
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp16', 'fp32')
-EXPORT_METHODS = ('dysl', 'full')
 TRANSPORTS = ('raw', 'compressed')
 CAMERA_QOS_CHOICES = {'reliable': CAMERA_QOS, 'best_effort': SENSOR_QOS}
 WARMUP_INSTRUCTION = 'pick up the red block'
@@ -214,22 +213,22 @@ class PolicyNodeConfig:
     def dt(self) -> float:
         return 1.0 / self.control_rate
 
+    def policy_options(self, log: Any = print) -> PolicyOptions:
+        """What open_policy reads of these parameters (each backend its own)."""
+        return PolicyOptions(
+            device=self.device, threads=self.ort_threads,
+            engine_cache=Path(self.engine_cache) if self.engine_cache else None,
+            precision=self.precision, build_engines=self.build_engines, log=log,
+            guidance={'executed_actions': self.executed_actions} if self.executed_actions
+            else None)
+
 
 def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     """The Policy (dysl_ros.runtime.policy.Policy) the parameters ask for."""
-    from ..runtime.loading import open_policy
     if not cfg.model_dir.exists():
         raise FileNotFoundError(f'model directory {cfg.model_dir} does not exist (set the '
                                 'model_path parameter, or train the default model)')
-    options: dict[str, Any] = {}
-    if cfg.backend == 'onnxruntime':
-        options = {'threads': cfg.ort_threads}
-    elif cfg.backend == 'tensorrt':
-        options = {'engine_cache': Path(cfg.engine_cache) if cfg.engine_cache else None,
-                   'precision': cfg.precision, 'build_engines': cfg.build_engines, 'log': log}
-    guidance = {'executed_actions': cfg.executed_actions} if cfg.executed_actions else None
-    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.device, guidance,
-                       **options)
+    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.policy_options(log))
 
 
 class PolicyNode(LifecycleNode):

@@ -1,7 +1,8 @@
 """The runner factory: the one place that picks a backend by name.
 
-    policy = load_guided_policy('onnxruntime', 'models/default/onnx')   # an export
-    policy = load_guided_policy('torch', 'models/default')              # a model directory
+    policy = open_policy('models/default/onnx', 'onnxruntime')   # an export
+    policy = open_policy('models/default', 'torch', 'deer')      # a model directory, any method
+    runner = make_runner('torch', 'models/default')               # the runner alone
 
 A model directory holds vla.json + dysl.json (safetensors weights); an export directory
 holds manifest.json + ONNX units (python -m dysl_ros export). PyTorch runs model
@@ -12,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..guidance import GuidanceConfig
+from ..paths import DYSL_JSON, VLA_JSON, default_model_dir
 from .manifest import MANIFEST_NAME, Manifest, guidance_config
 from .policy import GuidedPolicy, ModelSpec, Policy
 from .runner import Runner
@@ -23,9 +25,8 @@ if TYPE_CHECKING:  # torch loads only for the torch backend: exports run without
     from ..model.dysl import DySL
     from ..model.vla import VLA
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')  # the one list of backends; load_model maps them
 RUNS_EXPORT = {'torch': False, 'onnxruntime': True, 'tensorrt': True}  # else: torch modules
-VLA_JSON, DYSL_JSON = 'vla.json', 'dysl.json'  # as written by model.io
 
 
 @dataclass
@@ -110,38 +111,59 @@ def make_runner(backend: str, source: Any, **options: Any) -> Runner:
     return load_model(backend, source, **options).runner
 
 
-def load_guided_policy(backend: str, source: Any, *, skipping: bool = True,
-                       guidance: Optional[Mapping[str, Any]] = None,
-                       **options: Any) -> GuidedPolicy:
-    """The DySL policy (skipping=False: full depth) on `backend`; guidance holds settings
-    (tau, executed_actions, ...) that replace the stored ones."""
-    loaded = load_model(backend, source, **options)
-    cfg = dataclasses.replace(loaded.guidance, **dict(guidance or {}))
-    return GuidedPolicy(loaded.runner, loaded.spec, cfg, skipping)
-
-
 EXPORT_METHODS = ('dysl', 'full')  # what an export holds; torch runs every method
 
 
-def open_policy(model: Path, backend: str = 'torch', method: str = 'dysl',
-                device: str = 'cpu', guidance: Optional[Mapping[str, Any]] = None,
-                **options: Any) -> Policy:
-    """The Policy a node or tool runs: torch runs any method from a model directory; the
-    exported backends run dysl or full from an export (its folder, or <model>/onnx).
-    guidance replaces stored guidance settings; options go to the runner (onnxruntime:
-    threads; tensorrt: engine_cache, precision, ...)."""
-    source = Path(model)
+@dataclass(frozen=True)
+class PolicyOptions:
+    """How open_policy loads and runs a policy; each backend reads its own fields.
+
+    device: torch ('cpu', 'cuda', 'cuda:N'). threads, providers: ONNX Runtime (intra-op
+    threads, 0 = one per core; execution providers, None = the runner's default).
+    engine_cache, precision, build_engines, log: TensorRT (see TensorRTRunner).
+    guidance: settings (executed_actions, tau, ...) that replace the stored ones.
+    profile: time every stage of a step (StepStats.latency_ms), for benchmarks.
+    """
+
+    device: str = 'cpu'
+    threads: int = 0
+    providers: Optional[tuple[str, ...]] = None
+    engine_cache: Optional[Path] = None
+    precision: str = 'fp16'
+    build_engines: bool = True
+    log: Callable[[str], Any] = print
+    guidance: Optional[Mapping[str, Any]] = None
+    profile: bool = False
+
+
+def open_policy(model_path: Optional[Path | str], backend: str = 'torch',
+                method: str = 'dysl', options: PolicyOptions = PolicyOptions()) -> Policy:
+    """The Policy a node, bag tool or benchmark runs: torch runs any method (see
+    runtime.methods) from a model directory; the exported backends run dysl or full from an
+    export (its folder, its manifest, or <model>/onnx). model_path None: models/default."""
+    source = Path(model_path) if model_path else default_model_dir()
+    if backend not in BACKENDS:
+        raise ValueError(f'backend={backend!r} is invalid: expected one of {BACKENDS}')
     if not source.exists():
         raise FileNotFoundError(f'model {source} does not exist')
     if backend == 'torch':
         from .methods import make_policy
-        return make_policy(method, source, device=device, guidance=guidance)
+        return make_policy(method, source, device=options.device, guidance=options.guidance,
+                           profile=options.profile)
     if method not in EXPORT_METHODS:
         raise ValueError(f'method={method!r} is invalid for backend {backend}: exports run '
                          f'{list(EXPORT_METHODS)}')
     if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
             (source / 'onnx' / MANIFEST_NAME).is_file():
         source = source / 'onnx'  # a model directory with its export inside
-    return load_guided_policy(backend, source, skipping=method == 'dysl', guidance=guidance,
-                              **options)
-
+    if backend == 'onnxruntime':
+        runner_options: dict[str, Any] = {
+            'threads': options.threads,
+            'providers': None if options.providers is None else list(options.providers)}
+    else:
+        runner_options = {'engine_cache': options.engine_cache, 'precision': options.precision,
+                          'build_engines': options.build_engines, 'log': options.log}
+    loaded = load_model(backend, source, **runner_options)
+    cfg = dataclasses.replace(loaded.guidance, **dict(options.guidance or {}))
+    return GuidedPolicy(loaded.runner, loaded.spec, cfg, skipping=method == 'dysl',
+                        profile=options.profile)

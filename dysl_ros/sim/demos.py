@@ -51,9 +51,9 @@ def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = No
     policy = None
     if recover_from is not None:
         import torch
-        from dysl_ros.runtime.methods import make_policy
+        from dysl_ros.runtime.loading import open_policy
         torch.set_num_threads(1)   # one thread per worker process
-        policy = make_policy('full', Path(recover_from))
+        policy = open_policy(Path(recover_from), 'torch', 'full')
     _WORKER.update(env=env, out=Path(out_dir), policy=policy, open_loop_steps=open_loop_steps)
 
 

@@ -45,9 +45,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from ..runtime.runner import RunnerWrapper  # numpy only: safe before the checks
+from ..runtime.loading import BACKENDS  # numpy only: safe before the checks
+from ..runtime.runner import RunnerWrapper
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 TRT_TOLERANCE = {'fp32': 1e-3, 'fp16': 3e-2}  # engine vs ONNX Runtime (CPU), relative
 MIN_FRACTION_OF_IDEAL = 0.5  # DySL backbone vs full depth x layer fraction
 MAX_GROWTH_MIB = 20.0  # memory growth over configure / cleanup cycles 2 and 3
