@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
+from ..runtime.messages import StepStats
 from ..validation import require
 from .bagfile import STORAGES, BagWriter
 from .policies import guidance_of
@@ -210,14 +211,14 @@ def _infer(bag: BagWriter, policy: Any, obs: Any, instruction: str, episode: int
     bag.write(topics.chunk, MSG_CHUNK, t + CHUNK_OFFSET_NS,
               chunk_msg(chunk, spec.action_names, t, 1.0 / cfg.control_hz))
     clock.seq += 1
-    bag.write(topics.stats, MSG_STRING, t + CHUNK_OFFSET_NS, json_msg({
-        'seq': clock.seq, 'episode': episode, 'stamp': t * 1e-9, 'stamp_ns': t,
-        'layers_run': stats.layers_run, 'layers_total': stats.layers_total,
-        'layer_ids': list(stats.layer_ids), 'skipped_at': list(stats.skipped_at),
-        'verified': bool(stats.verified), 'allow_points': [int(a) for a in stats.allow_points],
-        'policy_ms': policy_ms, 'camera_to_chunk_ms': policy_ms,
-        'latency_ms': dict(stats.latency_ms), 'continuity': stats.continuity,
-        'continuity_change': stats.continuity_change, 'guidance': before}))
+    bag.write(topics.stats, MSG_STRING, t + CHUNK_OFFSET_NS, string_msg(StepStats(
+        seq=clock.seq, episode=episode, stamp_ns=t, layers_run=stats.layers_run,
+        layers_total=stats.layers_total, layer_ids=list(stats.layer_ids),
+        skipped_at=list(stats.skipped_at), verified=bool(stats.verified),
+        allow_points=[int(a) for a in stats.allow_points], policy_ms=policy_ms,
+        camera_to_chunk_ms=policy_ms, latency_ms=dict(stats.latency_ms),
+        extra={'continuity': stats.continuity, 'continuity_change': stats.continuity_change,
+               'guidance': before}).to_json()))
     return [a for a in np.asarray(chunk, dtype=np.float64)[:cfg.execute]]
 
 

@@ -1,4 +1,5 @@
-"""Topic names, message types and message <-> numpy conversions of the bags (rosbags only).
+"""Topic names, message types and message <-> numpy conversions of the bags (rosbags only;
+the conversions themselves are dysl_ros.runtime.messages, shared with the nodes).
 
 Default topic names are those of the nodes (dysl_ros.nodes) in the root namespace, so a bag
 recorded here replays into a policy node as it is, and `ros2 bag record` of the demo graph
@@ -22,9 +23,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import cv2
 import numpy as np
 
+from ..runtime.messages import (ChunkTypes, chunk_positions, chunk_to_msg, compressed_to_rgb,
+                                split_ns, time_to_ns)  # noqa: F401 (time_to_ns)
+from ..runtime.messages import image_to_rgb as decode_image
 from ..validation import require
 
 MSG_IMAGE = 'sensor_msgs/msg/Image'
@@ -35,11 +38,6 @@ MSG_COMMAND = 'std_msgs/msg/Float64MultiArray'
 IMAGE_TYPES = (MSG_IMAGE, MSG_COMPRESSED)
 
 DEFAULT_CAMERAS = (('front', '/image'), ('wrist', '/wrist/image'))
-
-# encoding -> (channels, bytes per channel), as dysl_ros.nodes.image_conversion
-_LAYOUT = {'rgb8': (3, 1), 'bgr8': (3, 1), 'rgba8': (4, 1), 'bgra8': (4, 1), 'mono8': (1, 1),
-           'mono16': (1, 2)}
-
 
 @dataclass(frozen=True)
 class TopicMap:
@@ -140,13 +138,8 @@ def _t(name: str) -> Any:
 
 def ns_to_time(ns: int) -> Any:
     """Nanoseconds -> builtin_interfaces/Time."""
-    ns = int(ns)
-    return _t('builtin_interfaces/msg/Time')(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def time_to_ns(t: Any) -> int:
-    """builtin_interfaces/Time (or Duration) -> nanoseconds."""
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+    sec, nanosec = split_ns(ns)
+    return _t('builtin_interfaces/msg/Time')(sec=sec, nanosec=nanosec)
 
 
 def header(stamp_ns: int, frame_id: str = '') -> Any:
@@ -189,17 +182,14 @@ def chunk_msg(chunk: np.ndarray, names: Sequence[str], stamp_ns: int, dt: float)
     chunk = np.asarray(chunk, dtype=np.float64)  # (H, D)
     if chunk.ndim != 2 or chunk.shape[1] != len(names):
         raise ValueError(f'chunk of shape {chunk.shape} does not fit {len(names)} action names')
-    point = _t('trajectory_msgs/msg/JointTrajectoryPoint')
-    duration = _t('builtin_interfaces/msg/Duration')
-    dt_ns = int(round(dt * 1e9))
-    empty = np.zeros(0, np.float64)
-    points = []
-    for i, action in enumerate(chunk):
-        t = i * dt_ns
-        points.append(point(positions=action.copy(), velocities=empty, accelerations=empty,
-                            effort=empty, time_from_start=duration(
-                                sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)))
-    return _t(MSG_CHUNK)(header=header(stamp_ns), joint_names=list(names), points=points)
+    return chunk_to_msg(chunk, names, stamp_ns, dt, _chunk_types())
+
+
+@functools.lru_cache(maxsize=1)
+def _chunk_types() -> ChunkTypes:
+    return ChunkTypes(_t(MSG_CHUNK), _t('trajectory_msgs/msg/JointTrajectoryPoint'),
+                      _t('std_msgs/msg/Header'), _t('builtin_interfaces/msg/Time'),
+                      _t('builtin_interfaces/msg/Duration'), lambda a: a.copy())
 
 
 def command_msg(action: np.ndarray, label: str = 'action') -> Any:
@@ -213,46 +203,17 @@ def command_msg(action: np.ndarray, label: str = 'action') -> Any:
 # ---- decoders ---------------------------------------------------------------------------------
 def image_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
     """sensor_msgs Image (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or CompressedImage ->
-    (H, W, 3) uint8 RGB; ValueError saying what is wrong otherwise."""
-    if msgtype == MSG_COMPRESSED:
-        data = np.asarray(msg.data, dtype=np.uint8)
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if bgr is None:
-            raise ValueError(f'cannot decode a CompressedImage of format {msg.format!r} '
-                             f'({data.size} bytes)')
-        return np.ascontiguousarray(bgr[..., ::-1])
-    encoding = str(msg.encoding).lower()
-    if encoding not in _LAYOUT:
-        raise ValueError(f'unsupported image encoding {msg.encoding!r}: expected one of '
-                         f'{tuple(_LAYOUT)}')
-    channels, nbytes = _LAYOUT[encoding]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if h < 1 or w < 1 or step < w * channels * nbytes or data.size != step * h:
-        raise ValueError(f'bad image header: {w}x{h}, step {step}, {data.size} data bytes '
-                         f'({encoding})')
-    rows = data.reshape(h, step)[:, :w * channels * nbytes]
-    if nbytes == 2:
-        pixels = rows.view('>u2' if msg.is_bigendian else '<u2')  # (H, W)
-        pixels = (pixels >> 8).astype(np.uint8)
-    else:
-        pixels = rows.reshape(h, w, channels)
-    if encoding in ('rgb8', 'rgba8'):
-        out = pixels[..., :3]
-    elif encoding in ('bgr8', 'bgra8'):
-        out = pixels[..., 2::-1]
-    else:
-        out = np.repeat(pixels.reshape(h, w, 1), 3, axis=2)
-    return np.ascontiguousarray(out)
+    (H, W, 3) uint8 RGB; ValueError saying what is wrong otherwise (as the policy node)."""
+    return compressed_to_rgb(msg) if msgtype == MSG_COMPRESSED else decode_image(msg)
 
 
 def chunk_to_array(msg: Any) -> tuple[list[str], np.ndarray]:
     """JointTrajectory -> (joint names, (H, D) float64 positions)."""
     names = list(msg.joint_names)
-    rows = [np.asarray(p.positions, dtype=np.float64) for p in msg.points]
-    if any(r.shape != (len(names),) for r in rows):
+    positions = chunk_positions(msg.points, len(names))
+    if positions is None:
         raise ValueError(f'a chunk point does not have one position per joint {names}')
-    return names, (np.stack(rows) if rows else np.zeros((0, len(names))))
+    return names, positions
 
 
 def command_to_array(msg: Any) -> tuple[np.ndarray, Optional[str]]:

@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ..runtime.chunking import MODES, ChunkExecutor, ChunkExecutorConfig
+from ..runtime.messages import chunk_positions
 from ..runtime.stats import percentile
 from .params import Param, declare_params
 from .qos import CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
@@ -127,8 +128,9 @@ class ControllerNode(Node):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9  # may be negative
         points = msg.points[:self.cfg.max_chunk_points + 1]  # enough to refuse a long one
         n = len(self.cfg.joint_names)
-        actions = np.array([p.positions for p in points], dtype=np.float64) \
-            if all(len(p.positions) == n for p in points) else np.zeros((len(points), 0))
+        actions = chunk_positions(points, n)
+        if actions is None:
+            actions = np.zeros((len(points), 0))
         times = [_duration(p.time_from_start) for p in points]
         with self._lock:
             now = self._now()

@@ -15,6 +15,7 @@ import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from ..runtime.messages import StepStats
 from ..runtime.stats import percentile
 from .qos import INSTRUCTION_QOS, STATUS_QOS
 
@@ -28,7 +29,7 @@ class EpisodeDriver(Node):
         super().__init__(node_name, **kwargs)
         self._cond = threading.Condition()
         self._status: Optional[dict] = None
-        self._steps: list[dict] = []
+        self._steps: list[StepStats] = []
         self.instruction_pub = self.create_publisher(String, 'instruction', INSTRUCTION_QOS)
         self.create_subscription(String, 'episode_status', self._on_status, STATUS_QOS)
         self.create_subscription(String, f'{policy_node}/step_stats', self._on_step, STATUS_QOS)
@@ -40,7 +41,7 @@ class EpisodeDriver(Node):
 
     def _on_step(self, msg: String) -> None:
         with self._cond:
-            self._steps.append(json.loads(msg.data))
+            self._steps.append(StepStats.from_json(msg.data))
 
     def run_episode(self, instruction: str, timeout: float) -> dict:
         """Start an episode with `instruction` and wait until the sim reports it done."""
@@ -66,8 +67,8 @@ class EpisodeDriver(Node):
         if status.get('error'):
             raise ValueError(f'the sim rejected {instruction!r}: {status["error"]}')
         if steps:  # chunks of this episode only: the policy numbers its episodes too
-            last = max(s['episode'] for s in steps)
-            steps = [s for s in steps if s['episode'] == last]
+            last = max(s.episode for s in steps)
+            steps = [s for s in steps if s.episode == last]
         return summarize(status, steps, time.monotonic() - t0)
 
     def _drain(self, quiet: float, limit: float) -> None:
@@ -83,17 +84,17 @@ class EpisodeDriver(Node):
             time.sleep(quiet)
 
 
-def summarize(status: dict, steps: list[dict], wall_s: float) -> dict:
+def summarize(status: dict, steps: list[StepStats], wall_s: float) -> dict:
     """One table row: the sim's outcome and the policy's statistics for one episode."""
-    layers = [s['layers_run'] for s in steps]
+    layers = [s.layers_run for s in steps]
     return {
         'task': status.get('task'), 'seed': status.get('seed'),
         'success': bool(status.get('success')), 'steps': int(status.get('step', 0)),
         'holds': int(status.get('holds', 0)), 'chunks': len(steps),
         'layers_run_mean': float(np.mean(layers)) if layers else None,
-        'layers_total': steps[-1]['layers_total'] if steps else None,
-        'verified': sum(bool(s['verified']) for s in steps),
-        'policy_ms_p50': percentile([s['policy_ms'] for s in steps], 50),
-        'camera_to_chunk_ms_p50': percentile([s['camera_to_chunk_ms'] for s in steps], 50),
+        'layers_total': steps[-1].layers_total if steps else None,
+        'verified': sum(bool(s.verified) for s in steps),
+        'policy_ms_p50': percentile([s.policy_ms for s in steps], 50),
+        'camera_to_chunk_ms_p50': percentile([s.camera_to_chunk_ms for s in steps], 50),
         'wall_s': wall_s,
     }

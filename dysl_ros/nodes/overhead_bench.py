@@ -34,6 +34,8 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..runtime.messages import StepStats
+
 INSTRUCTION = 'pick up the red block'
 
 
@@ -264,10 +266,10 @@ def _Camera(context: Any, frame: np.ndarray) -> Any:
                 self._answered.set()
 
         def _on_step(self, msg: String) -> None:
-            info = json.loads(msg.data)
-            self.node_step[info['stamp_ns']] = info['policy_ms']
-            self.node_published[info['stamp_ns']] = info['camera_to_chunk_ms']
-            self.node_layers[info['stamp_ns']] = info['layers_run']
-            self.node_stages[info['stamp_ns']] = info['stages_ms']
+            info = StepStats.from_json(msg.data)
+            self.node_step[info.stamp_ns] = info.policy_ms
+            self.node_published[info.stamp_ns] = info.camera_to_chunk_ms
+            self.node_layers[info.stamp_ns] = info.layers_run
+            self.node_stages[info.stamp_ns] = info.stages_ms
 
     return Camera()

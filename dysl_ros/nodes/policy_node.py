@@ -46,7 +46,6 @@ when set, with the reason.
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -56,12 +55,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -71,6 +70,7 @@ from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_poli
 from ..runtime.frames import FrameGate, Rejected
 from ..runtime.session import PolicySession, Waiting
 from ..runtime.policy import NonFiniteOutput
+from ..runtime.messages import ChunkTypes, StepStats, chunk_to_msg, time_to_ns
 from ..runtime.stats import PolicyStats, StepRecord
 from .image_conversion import ImageConversionError, msg_to_rgb
 from .params import Param, declare_params, read_params
@@ -81,6 +81,8 @@ from .spin import spin_node
 TRANSPORTS = ('raw', 'compressed')
 CAMERA_QOS_CHOICES = {'reliable': CAMERA_QOS, 'best_effort': SENSOR_QOS}
 WARMUP_INSTRUCTION = 'pick up the red block'
+_CHUNK_TYPES = ChunkTypes(JointTrajectory, JointTrajectoryPoint, Header, Time, Duration,
+                          lambda a: a.tolist())
 
 
 def _directory_problem(path: str) -> Optional[str]:
@@ -379,7 +381,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Any) -> None:
         cfg = self.cfg
-        stamp, arrival = _stamp_ns(msg.header.stamp), self._now_ns()
+        stamp, arrival = time_to_ns(msg.header.stamp), self._now_ns()
         try:
             self.session.check_frame(camera, stamp, arrival)  # a refused frame is not converted
             rgb = msg_to_rgb(msg)
@@ -477,32 +479,24 @@ class PolicyNode(LifecycleNode):
             episode=episode, layers_run=step.layers_run, layers_guided=len(step.layer_ids),
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
-        self._stats_pub.publish(String(data=json.dumps({
-            'seq': seq, 'episode': episode, 'stamp': stamp * 1e-9, 'stamp_ns': stamp,
-            'layers_run': step.layers_run, 'layers_total': step.layers_total,
-            'layer_ids': list(step.layer_ids), 'skipped_at': list(step.skipped_at),
-            'verified': bool(step.verified), 'allow_points': list(step.allow_points),
-            'policy_ms': policy_ms, 'camera_to_chunk_ms': c2c_ms,
+        self._stats_pub.publish(String(data=StepStats(
+            seq=seq, episode=episode, stamp_ns=stamp, layers_run=step.layers_run,
+            layers_total=step.layers_total, layer_ids=list(step.layer_ids),
+            skipped_at=list(step.skipped_at), verified=bool(step.verified),
+            allow_points=list(step.allow_points), policy_ms=policy_ms,
+            camera_to_chunk_ms=c2c_ms,
             # where camera -> chunk went, for the primary frame (ms, they add up)
-            'stages_ms': {'frame in': (first.arrival_ns - stamp) * 1e-6,
-                          'conversion': (first.ready_ns - first.arrival_ns) * 1e-6,
-                          'wake and pairing': (start - first.ready_ns) * 1e-6,
-                          'step': policy_ms,
-                          'chunk message and publish':
-                              c2c_ms - (start - stamp) * 1e-6 - policy_ms},
-            'latency_ms': dict(step.latency_ms)})))
+            stages_ms={'frame in': (first.arrival_ns - stamp) * 1e-6,
+                       'conversion': (first.ready_ns - first.arrival_ns) * 1e-6,
+                       'wake and pairing': (start - first.ready_ns) * 1e-6,
+                       'step': policy_ms,
+                       'chunk message and publish':
+                           c2c_ms - (start - stamp) * 1e-6 - policy_ms},
+            latency_ms=dict(step.latency_ms)).to_json()))
         return None
 
     def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
-        msg = JointTrajectory(joint_names=self._action_names())
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        dt_ns = int(round(self.cfg.dt * 1e9))
-        for i, action in enumerate(np.asarray(chunk, dtype=np.float64)):  # (H, D)
-            t = i * dt_ns
-            msg.points.append(JointTrajectoryPoint(
-                positions=action.tolist(),
-                time_from_start=Duration(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)))
-        return msg
+        return chunk_to_msg(chunk, self._action_names(), stamp_ns, self.cfg.dt, _CHUNK_TYPES)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _load(self, cfg: PolicyNodeConfig) -> Any:
@@ -616,11 +610,6 @@ def _vocabulary(policy: Any) -> Optional[Any]:
     if tokenizer is None:
         return None
     return lambda text: (tokenizer.words(text), tokenizer.unknown_words(text))
-
-
-def _stamp_ns(stamp: Any) -> int:
-    """A header stamp in nanoseconds; negative stamps stay negative (Time.from_msg raises)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _fmt(value: Any) -> str:

@@ -43,6 +43,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..runtime.messages import StepStats
 from .overhead_bench import INSTRUCTION, _arg, _model, add_policy_arguments
 
 NODES = {'policy_node': 'dysl_ros.nodes.policy_node',
@@ -516,9 +517,9 @@ def _Probe(context: Any, frame: np.ndarray) -> Any:
                     self._unknown += 1
 
         def _on_stats(self, msg: String) -> None:
-            info = json.loads(msg.data)
+            info = StepStats.from_json(msg.data)
             with self._lock:
-                self._policy_ms[info['stamp_ns']] = info['policy_ms']
+                self._policy_ms[info.stamp_ns] = info.policy_ms
 
         def _on_command(self, msg: Float64MultiArray) -> None:
             label = msg.layout.dim[0].label if msg.layout.dim else ''
