@@ -15,7 +15,8 @@ from dysl_ros.bags.episodes import load_bag
 from dysl_ros.runtime.loading import PolicyOptions, open_policy
 from dysl_ros.bags.record import RecordConfig, default_topics
 from dysl_ros.bags.replay import ReplayConfig, replay_step_locked
-from dysl_ros.bags.topics import TopicMap, deserialize, time_to_ns
+from dysl_ros.bags.topics import TopicMap, deserialize
+from dysl_ros.runtime.messages import time_to_ns
 from dysl_ros.cli import main
 from dysl_ros.datasets import FORMAT, iter_episodes, load_stats
 from dysl_ros.export.random_model import build_random_model

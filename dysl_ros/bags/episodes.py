@@ -21,8 +21,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .bagfile import BagError, RawMessage, bag_info, bag_topics, check_topics, read_messages
+from ..runtime.messages import time_to_ns
 from .topics import (IMAGE_TYPES, MSG_CHUNK, MSG_COMMAND, MSG_STRING, TopicMap, chunk_to_array,
-                     command_to_array, image_to_rgb, time_to_ns)
+                     command_to_array, image_to_rgb)
 
 ROLES = ('cameras', 'instruction', 'chunk', 'command', 'status', 'stats')
 END = 2 ** 63 - 1

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..runtime.messages import (ChunkTypes, chunk_positions, chunk_to_msg, compressed_to_rgb,
-                                split_ns, time_to_ns)  # noqa: F401 (time_to_ns)
+                                split_ns)
 from ..runtime.messages import image_to_rgb as decode_image
 from ..validation import require
 

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..runtime.messages import (MAX_SIDE, SUPPORTED_ENCODINGS, ImageConversionError,  # noqa: F401
-                                compressed_to_rgb, encoded_size, image_rows, image_to_rgb)
+from ..runtime.messages import (ImageConversionError, compressed_to_rgb, image_rows,  # noqa: F401
+                                image_to_rgb)
 
 try:  # the ROS 2 cv_bridge (robot); the PyPI 'cv-bridge' is ROS 1's and fails here
     from cv_bridge import CvBridge
