@@ -157,8 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime.methods import METHODS
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model directory (default: the embedded models/default)')
-    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS,
-                        metavar='METHOD', help=f'methods to compare (default all: {METHODS})')
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS),
+                        metavar='METHOD',
+                        help=f'methods to compare (default all: {", ".join(METHODS)})')
     parser.add_argument('--episodes', type=int, default=20, help='episodes per task (default 20)')
     parser.add_argument('--tasks', nargs='+', default=None,
                         help='task names (default: every task)')

@@ -32,6 +32,7 @@ Every optional part is made by `python -m dysl_ros train-baselines --model-dir <
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -48,11 +49,44 @@ from .policy import GuidedPolicy, ModelSpec, Policy, StepStats, Clock
 from .runner import Runner, RunnerWrapper
 from .torch_runner import TorchRunner
 
-METHODS = ('full', 'dysl', 'dysl-no-preskip', 'dysl-no-verify', 'dysl-joint', 'dysl-no-static',
-           'random-skip', 'flexidepth', 'deer', 'static-depth')
-ABLATIONS = ('dysl-joint', 'dysl-no-static')  # separately trained DySL parts
-BASELINES = ('random-skip', 'flexidepth', 'deer', 'static-depth')
-TRAINABLE = BASELINES + ABLATIONS  # what train-baselines makes
+@dataclass(frozen=True)
+class Method:
+    """One method of the benchmark: where its parts live, what makes them, how it loads.
+
+    parts: 'base' (vla.* only), 'dysl' (the main DySL parts), 'ablation' or 'baseline' (its
+    own directory under <model_dir>/ablations or /baselines). maker: for the parts that
+    `train-baselines` makes, 'module:function' of its maker in dysl_ros.train.baselines,
+    resolved by name there (training sits above the runtime: it is never imported here).
+    """
+
+    name: str
+    parts: str
+    maker: Optional[str] = None
+    guidance: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fixed overrides
+
+
+def _baseline(name: str, module: str) -> Method:
+    return Method(name, 'baseline', f'{module}:make')
+
+
+def _ablation(name: str) -> Method:
+    return Method(name, 'ablation', 'ablations:make')
+
+
+# The one registry: every name the benchmark, the node, the bag tools and training accept.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method('full', 'base'),
+    Method('dysl', 'dysl'),
+    Method('dysl-no-preskip', 'dysl', guidance={'pre_skip': False}),
+    Method('dysl-no-verify', 'dysl', guidance={'verify': False}),
+    _ablation('dysl-joint'),
+    _ablation('dysl-no-static'),
+    _baseline('random-skip', 'random_skip'),
+    _baseline('flexidepth', 'flexidepth'),
+    _baseline('deer', 'deer'),
+    _baseline('static-depth', 'static_depth'),
+)}
+TRAINABLE = tuple(name for name, m in METHODS.items() if m.maker)  # what train-baselines makes
 RANDOM_SKIP_FORMAT = 1
 
 TRAIN_COMMAND = 'python -m dysl_ros train-baselines --model-dir {model_dir} --methods {name}'
@@ -60,12 +94,12 @@ TRAIN_COMMAND = 'python -m dysl_ros train-baselines --model-dir {model_dir} --me
 DYSL_COMMAND = 'python -m dysl_ros distill --model-dir {model_dir} --demos DEMOS'
 
 
-def ablation_dir(model_dir: Path, name: str) -> Path:
-    return Path(model_dir) / 'ablations' / name
-
-
-def baseline_dir(model_dir: Path, name: str) -> Path:
-    return Path(model_dir) / 'baselines' / name
+def parts_dir(model_dir: Path, name: str) -> Path:
+    """Where method `name` keeps its trained parts (the model directory for base and dysl)."""
+    parts = METHODS[name].parts
+    if parts in ('ablation', 'baseline'):
+        return Path(model_dir) / f'{parts}s' / name
+    return Path(model_dir)
 
 
 class RandomSkipRunner(RunnerWrapper):
@@ -146,25 +180,22 @@ def _make_policy(name: str, model_dir: Path, device: str, seed: Optional[int],
                  vla: Optional[VLA], guidance: Optional[Mapping[str, Any]]
                  ) -> GuidedPolicy | BaselinePolicy:
     if name not in METHODS:
-        raise ValueError(f'unknown method {name!r}; expected one of {METHODS}')
+        raise ValueError(f'unknown method {name!r}; expected one of {tuple(METHODS)}')
+    method = METHODS[name]
     model_dir = Path(model_dir)
     if vla is None:
         _need(model_dir / VLA_JSON, 'behaviour cloning of the base VLA (save_vla)')
         vla = load_vla(model_dir, map_location=device)
-    if name == 'full':
+    if method.parts == 'base':
         return GuidedPolicy(TorchRunner(vla), ModelSpec.from_model(vla), GuidanceConfig(),
                             skipping=False)
-    if name in ('dysl', 'dysl-no-preskip', 'dysl-no-verify'):
-        _need(model_dir / DYSL_JSON, DYSL_COMMAND.format(model_dir=model_dir))
-        flags = {'dysl-no-preskip': {'pre_skip': False},
-                 'dysl-no-verify': {'verify': False}}.get(name, {})
-        return _dysl_policy(vla, model_dir, {**(guidance or {}), **flags})
-    if name in ABLATIONS:
-        directory = ablation_dir(model_dir, name)
-        _need(directory / DYSL_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
-        return _dysl_policy(vla, directory, dict(guidance or {}))
-    directory = baseline_dir(model_dir, name)
-    _need(directory / BASELINE_JSON, TRAIN_COMMAND.format(model_dir=model_dir, name=name))
+    directory = parts_dir(model_dir, name)
+    how = (TRAIN_COMMAND.format(model_dir=model_dir, name=name) if method.maker
+           else DYSL_COMMAND.format(model_dir=model_dir))
+    if method.parts in ('dysl', 'ablation'):
+        _need(directory / DYSL_JSON, how)
+        return _dysl_policy(vla, directory, {**(guidance or {}), **method.guidance})
+    _need(directory / BASELINE_JSON, how)
     if name == 'random-skip':
         meta = read_random_skip(directory)
         return random_skip_policy(vla, Layout.from_dict(meta['layout']), meta['q'],

@@ -1,6 +1,7 @@
 """Training and calibration of every baseline and ablation (dysl-method.md section 4).
 
-One module per method, each with a `make(job, name, out_dir)` (registered in make.MAKERS):
+One module per method, each with a `make(job, name, out_dir)` (named by
+the method registry, runtime.methods.METHODS, and resolved by make.maker):
 
 - random_skip: q solved so that the expected layers run match DySL's mean executed layers.
 - flexidepth: routers + adapters on the frozen backbone, L_task + alpha * (sum_l g_l)^2.
@@ -25,12 +26,12 @@ from .command import add_arguments, main_distill_config, run
 from .common import BaselineTrainConfig
 from .deer import deer_shares, exit_differences, solve_deer_thresholds, train_deer
 from .flexidepth import train_flexidepth
-from .make import MAKERS, mean_layers_run, train_all_baselines
+from .make import maker, mean_layers_run, train_all_baselines
 from .random_skip import random_skip_expected_layers, save_random_skip, solve_random_skip_q
 from .static_depth import keep_layers, train_static_depth
 
-__all__ = ['BaselineTrainConfig', 'MAKERS', 'add_arguments', 'deer_shares',
-           'exit_differences', 'keep_layers', 'main_distill_config', 'mean_layers_run',
+__all__ = ['BaselineTrainConfig', 'add_arguments', 'deer_shares',
+           'exit_differences', 'keep_layers', 'main_distill_config', 'maker', 'mean_layers_run',
            'random_skip_expected_layers', 'run', 'save_random_skip', 'solve_deer_thresholds',
            'solve_random_skip_q', 'train_all_baselines', 'train_deer', 'train_dysl_ablation',
            'train_flexidepth', 'train_static_depth']

@@ -1,8 +1,9 @@
-"""Every baseline and ablation of a model from its demos: the registry of makers and the
-target they match (DySL's mean executed layers)."""
+"""Every baseline and ablation of a model from its demos: their makers (named by the method
+registry, runtime.methods.METHODS) and the target they match (DySL's mean executed layers)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -17,25 +18,21 @@ from ...layout import Layout
 from ...model.config import DySLConfig
 from ...model.io import DYSL_JSON, load_vla, read_json, write_json
 from ...model.vla import VLA
-from ...runtime.methods import (ABLATIONS, TRAINABLE, ablation_dir, baseline_dir,
-                                make_policy)
+from ...runtime.methods import METHODS, TRAINABLE, make_policy, parts_dir
 from ...runtime.policy import Policy
 from ..calibrate import layer_similarity, select_static
 from ..dataset import DemoDataset, EmbeddedBatches
 from ..distill import DistillConfig
-from . import ablations, deer, flexidepth, random_skip, static_depth
 from .common import BaselineTrainConfig, Job
 
-# name -> maker(job, name, out_dir) -> info: trains / calibrates the method and writes its
-# parts where runtime.methods.make_policy loads them (one entry per TRAINABLE method)
-MAKERS: dict[str, Callable[[Job, str, Path], dict[str, Any]]] = {
-    'random-skip': random_skip.make,
-    'flexidepth': flexidepth.make,
-    'deer': deer.make,
-    'static-depth': static_depth.make,
-    'dysl-joint': ablations.make,
-    'dysl-no-static': ablations.make,
-}
+Maker = Callable[[Job, str, Path], dict[str, Any]]
+
+
+def maker(name: str) -> Maker:
+    """The function that trains / calibrates method `name` and writes its parts where
+    runtime.methods.make_policy loads them: named by the method registry, resolved here."""
+    module, function = METHODS[name].maker.split(':')
+    return getattr(importlib.import_module(f'{__package__}.{module}'), function)
 
 
 def mean_layers_run(policy: Policy, episodes: Sequence[Episode],
@@ -94,8 +91,8 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
     job = Job(model_dir, vla, pairs, hidden, cfg, distill_cfg, target_layers, layout, dysl_cfg,
               guidance, seed)
     for name in methods:
-        out_dir = (ablation_dir if name in ABLATIONS else baseline_dir)(model_dir, name)
-        info = MAKERS[name](job, name, out_dir)
+        out_dir = parts_dir(model_dir, name)
+        info = maker(name)(job, name, out_dir)
         summary['methods'][name] = {'dir': str(out_dir), **_brief(info)}
     (model_dir / 'baselines').mkdir(parents=True, exist_ok=True)
     write_json(model_dir / 'baselines' / 'summary.json', summary)
