@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from dysl_ros.nodes.image_conversion import (
-    ImageConversionError, compressed_to_rgb, image_to_rgb, msg_to_rgb, rgb_to_compressed,
-    rgb_to_image)
+from dysl_ros.nodes.image_conversion import msg_to_rgb, rgb_to_compressed, rgb_to_image
+from dysl_ros.runtime.messages import ImageConversionError, compressed_to_rgb, image_to_rgb
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)  # odd sizes catch stride mistakes

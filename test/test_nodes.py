@@ -29,12 +29,13 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla, save_vla
-from dysl_ros.nodes import controller_node, policy_node, sim_node
+from dysl_ros.nodes import controller_node, sim_node
 from dysl_ros.nodes.controller_node import ControllerNode
 from dysl_ros.nodes.image_conversion import rgb_to_compressed, rgb_to_image
 from dysl_ros.nodes.launcher import LocalLaunch, config_file, wait_for
 from dysl_ros.nodes.params import defaults
 from dysl_ros.nodes.policy_node import PolicyNode
+from dysl_ros.nodes.policy_params import PARAMS as POLICY_PARAMS
 from dysl_ros.nodes.qos import (CAMERA_QOS, CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS,
                                 STATUS_QOS)
 from dysl_ros.nodes.sim_node import SimNode
@@ -495,15 +496,15 @@ def test_policy_node_in_another_process_talks_over_dds(tiny_model):
 
 
 def test_parameter_files_hold_the_declared_defaults():
-    for path, modules in [(config_file('policy.yaml'), (policy_node, controller_node)),
-                          (config_file('sim.yaml'), (sim_node,))]:
+    policy = (('policy_node', POLICY_PARAMS), ('controller_node', controller_node.PARAMS))
+    for path, nodes in [(config_file('policy.yaml'), policy),
+                        (config_file('sim.yaml'), (('sim_node', sim_node.PARAMS),))]:
         data = yaml.safe_load(path.read_text())
-        for module in modules:
-            name = module.__name__.rsplit('.', 1)[1]
+        for name, params in nodes:
             values = data[f'/**/{name}']['ros__parameters']
-            declared = defaults(module.PARAMS)
+            declared = defaults(params)
             assert values == declared, f'{path} {name}'
-            for p in module.PARAMS:
+            for p in params:
                 assert p.description
                 numeric = isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
                 assert not numeric or (p.low is not None and p.high is not None), p.name

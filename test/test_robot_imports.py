@@ -50,7 +50,7 @@ args = sys.argv[2:]
 NODE = BLOCKER + """
 import numpy as np
 from dysl_ros.runtime.engine_build import EngineError
-from dysl_ros.nodes.policy_node import PARAMS, PolicyNodeConfig, load_policy
+from dysl_ros.nodes.policy_params import PARAMS, PolicyNodeConfig, load_policy
 
 defaults = {p.name: p.default for p in PARAMS}
 model_dir, export_dir, engine_cache = args

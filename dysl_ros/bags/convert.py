@@ -98,7 +98,7 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
                         instruction=instruction)
         for e in tqdm(data.episodes, desc=f'{Path(bag).name}', unit='ep', disable=not progress):
             status = e.status
-            if status.get('success') is False and not keep_failed:
+            if status.success is False and not keep_failed:
                 dropped['failed'] += 1
                 continue
             arrays = episode_arrays(e, cameras, image_size)
@@ -114,13 +114,13 @@ def bags_to_demos(bags: Sequence[Path | str], out: Path | str, topics: TopicMap 
                 raise ValueError(f'{bag}: episode {e.index}: frames of sizes {sorted(shapes)} '
                                  'in this dataset; the demo format takes one square size: '
                                  'pass --image-size to resize')
-            task = str(status.get('task') or task_name(e.instruction))
-            seed = int(status['seed']) if isinstance(status.get('seed'), int) else n
+            task = str(status.task or task_name(e.instruction))
+            seed = int(status.seed) if isinstance(status.seed, int) else n
             name = f'{task}_s{seed}.npz'
             if any(x['file'] == name for x in entries):
                 name = f'{task}_s{seed}_{n}.npz'
             save_episode(out / name, {**arrays, 'instruction': e.instruction, 'task': task,
-                                      'seed': seed, 'success': status.get('success') is not False})
+                                      'seed': seed, 'success': status.success is not False})
             length = int(arrays['actions'].shape[0])
             entries.append({'file': name, 'task': task, 'instruction': e.instruction,
                             'seed': seed, 'length': length, 'bag': str(bag),

@@ -13,7 +13,6 @@ counted. Chunks are matched to observations by header stamp, step statistics by 
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,9 +20,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .bagfile import BagError, RawMessage, bag_info, bag_topics, check_topics, read_messages
-from ..runtime.messages import time_to_ns
+from ..runtime.messages import EpisodeStatus, StepStats, command_from_msg, time_to_ns
 from .topics import (IMAGE_TYPES, MSG_CHUNK, MSG_COMMAND, MSG_STRING, TopicMap, chunk_to_array,
-                     command_to_array, image_to_rgb)
+                     image_to_rgb)
 
 ROLES = ('cameras', 'instruction', 'chunk', 'command', 'status', 'stats')
 END = 2 ** 63 - 1
@@ -60,8 +59,8 @@ class BagEpisode:
     end_ns: int  # log time of the next instruction (END for the last episode)
     observations: list[Observation] = field(default_factory=list)
     chunks: dict[int, tuple[list[str], np.ndarray, int]] = field(default_factory=dict)
-    stats: dict[int, dict] = field(default_factory=dict)  # stamp_ns -> step statistics
-    statuses: list[tuple[int, dict]] = field(default_factory=list)  # (log_ns, status)
+    stats: dict[int, StepStats] = field(default_factory=dict)  # by stamp_ns
+    statuses: list[tuple[int, EpisodeStatus]] = field(default_factory=list)  # (log_ns, status)
     commands: list[tuple[int, np.ndarray, Optional[str]]] = field(default_factory=list)
     incomplete: int = 0  # primary frames dropped for lack of another camera's frame
 
@@ -71,13 +70,13 @@ class BagEpisode:
         for t, status in self.statuses:
             if t > log_ns:
                 break
-            phase = status.get('phase', phase)
+            phase = status.extra.get('phase', phase)
         return phase
 
     @property
-    def status(self) -> dict:
-        """The last status of the episode ({} when the bag has none)."""
-        return dict(self.statuses[-1][1]) if self.statuses else {}
+    def status(self) -> EpisodeStatus:
+        """The last status of the episode (every key None when the bag has none)."""
+        return self.statuses[-1][1] if self.statuses else EpisodeStatus()
 
     def chunk_for(self, obs: Observation) -> Optional[np.ndarray]:
         """The recorded chunk stamped with this observation's stamp, or None."""
@@ -164,18 +163,20 @@ def load_bag(path: Path | str, topics: TopicMap = TopicMap(),
                 raise BagError(f'{path}: topic {m.topic} at {m.log_ns} ns: {e}') from None
             chunks.append((m.log_ns, time_to_ns(msg.header.stamp), names, positions))
         elif m.topic == topics.command:
-            data, label = command_to_array(decode(m))
+            data, label = command_from_msg(decode(m))
             commands.append((m.log_ns, data, label))
         elif m.topic in (topics.status, topics.stats):
             text = str(decode(m).data)
+            is_status = m.topic == topics.status
             try:
-                value = json.loads(text)
-            except ValueError:
+                value = (EpisodeStatus if is_status else StepStats).from_json(text)
+            except (ValueError, KeyError, TypeError) as e:  # KeyError: step statistics
                 if m.topic not in required:  # an optional topic of another format: unused
                     continue
-                raise BagError(f'{path}: topic {m.topic} at {m.log_ns} ns is not JSON: '
-                               f'{text[:80]!r}') from None
-            (statuses if m.topic == topics.status else stats).append((m.log_ns, value))
+                what = 'an episode status' if is_status else 'step statistics'
+                raise BagError(f'{path}: topic {m.topic} at {m.log_ns} ns is not {what} '
+                               f'({type(e).__name__}: {e}): {text[:80]!r}') from None
+            (statuses if is_status else stats).append((m.log_ns, value))
 
     if instruction is not None:
         instructions = [(-1, instruction.strip())]
@@ -204,15 +205,12 @@ def load_bag(path: Path | str, topics: TopicMap = TopicMap(),
         if e is not None and positions.shape[0] > 0:  # an empty chunk is a hold
             e.chunks[stamp] = (names, positions, log_ns)
     for log_ns, s in stats:
-        if not isinstance(s, dict):
-            continue
-        stamp = int(s.get('stamp_ns', round(float(s.get('stamp', 0.0)) * 1e9)))
-        e = episode_of_image(stamp, log_ns)
+        e = episode_of_image(s.stamp_ns, log_ns)
         if e is not None:
-            e.stats[stamp] = s
+            e.stats[s.stamp_ns] = s
     for log_ns, s in statuses:
         e = episode_at(log_ns)
-        if e is not None and isinstance(s, dict):
+        if e is not None:
             e.statuses.append((log_ns, s))
     for log_ns, data, label in commands:
         e = episode_at(log_ns)

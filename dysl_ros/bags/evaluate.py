@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..guidance import Guidance, GuidanceConfig
 from ..runtime.loading import PolicyOptions, open_policy
+from ..runtime.messages import StepStats
 from .episodes import BagData
 from .report import ChunkArrays, episode_record, recorded_stats, step_record
 
@@ -45,30 +46,32 @@ def evaluate_live(live: BagData, source: BagData, references: Sequence[str],
         for obs in tqdm([o for o in e.observations if o.stamp_ns in e.chunks],
                         desc='compare', unit='step', disable=not progress, leave=False):
             chunk = e.chunk_for(obs)
-            s = e.stats.get(obs.stamp_ns, {})
             references_now = {}
             if 'recorded' in refs:
                 references_now['recorded'] = recorded_chunks.get(obs.stamp_ns)
             if 'full' in refs:
                 references_now['full'] = full.step(obs.images(), e.instruction)[0]
             c, dc = track.push(chunk)
-            latency = {k: float(v) for k, v in s.get('latency_ms', {}).items()}
-            for key, name in (('policy_ms', 'node_step'), ('camera_to_chunk_ms',
-                                                          'camera_to_chunk')):
-                if key in s:
-                    latency[name] = float(s[key])
-            if 'total' not in latency and 'policy_ms' in s:
-                latency['total'] = float(s['policy_ms'])
             steps.append(step_record(
-                obs, e, chunk, layers_run=s.get('layers_run', 0),
-                layers_total=s.get('layers_total', 0), layer_ids=s.get('layer_ids', []),
-                skipped_at=s.get('skipped_at', []), verified=s.get('verified', False),
-                allow_points=s.get('allow_points', []), continuity=c, continuity_change=dc,
-                latency=latency, references=references_now,
+                obs, e, chunk, **_node_step(e.stats.get(obs.stamp_ns)), continuity=c,
+                continuity_change=dc, references=references_now,
                 recorded=recorded_stats(recorded.get(obs.stamp_ns))))
             arrays.add(e.index, obs, chunk, references_now)
         episodes.append(episode_record(e, steps))
     return episodes, arrays.finish(), tuple(refs)
+
+
+def _node_step(s: Optional[StepStats]) -> dict:
+    """What the node said of a step, as step_record's arguments (nothing run without it)."""
+    if s is None:
+        return dict(layers_run=0, layers_total=0, layer_ids=[], skipped_at=[], verified=False,
+                    allow_points=[], latency={})
+    latency = {k: float(v) for k, v in s.latency_ms.items()}
+    latency.update(node_step=float(s.policy_ms), camera_to_chunk=float(s.camera_to_chunk_ms))
+    latency.setdefault('total', float(s.policy_ms))
+    return dict(layers_run=s.layers_run, layers_total=s.layers_total, layer_ids=s.layer_ids,
+                skipped_at=s.skipped_at, verified=s.verified, allow_points=s.allow_points,
+                latency=latency)
 
 
 class _Continuity:

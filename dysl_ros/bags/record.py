@@ -36,13 +36,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
-from ..runtime.messages import StepStats
+from ..runtime.messages import EpisodeStatus, StepStats
 from ..validation import require
 from .bagfile import STORAGES, BagWriter
 from .policies import guidance_of
 from .topics import (DEFAULT_CAMERAS, MSG_CHUNK, MSG_COMMAND, MSG_IMAGE, MSG_STRING, TopicMap,
-                     add_topic_arguments, chunk_msg, command_msg, image_msg, json_msg,
-                     string_msg, topics_from_args)
+                     add_topic_arguments, chunk_msg, command_msg, image_msg, string_msg,
+                     topics_from_args)
 
 SOURCES = ('expert', 'policy')
 BAG_FORMAT = 'dysl_ros.bag/1'
@@ -167,18 +167,17 @@ def _episode(bag: BagWriter, env: Any, expert: Any, policy: Optional[Any], task:
         policy.reset()
     bag.write(topics.instruction, MSG_STRING, clock.now, string_msg(task.instruction))
     t = clock.now + LEAD_NS
-    status = {'episode': episode, 'seed': seed, 'task': task.name,
-              'instruction': task.instruction, 'holds': 0, 'error': None,
-              'source': cfg.source}
+    status = dict(episode=episode, seed=seed, task=task.name, instruction=task.instruction,
+                  holds=0, error=None)
     queue: list[np.ndarray] = []
     done, info, chunks, phase = False, {'success': False, 'timeout': False}, 0, None
     while not done:
         step = env.step_count
         action = expert.act()  # policy episodes: only for its phase
         phase = expert.phase
-        bag.write(topics.status, MSG_STRING, t, json_msg({
-            **status, 'step': step, 'done': False, 'success': False, 'timeout': False,
-            'phase': phase}))
+        bag.write(topics.status, MSG_STRING, t, string_msg(EpisodeStatus(
+            **status, step=step, done=False, success=False, timeout=False,
+            extra={'source': cfg.source, 'phase': phase}).to_json()))
         for camera, topic in reversed(topics.cameras):  # primary last, as the sim node
             bag.write(topic, MSG_IMAGE, t, image_msg(obs.images[camera], t, camera))
         if policy is not None:
@@ -190,9 +189,9 @@ def _episode(bag: BagWriter, env: Any, expert: Any, policy: Optional[Any], task:
         bag.write(topics.command, MSG_COMMAND, t + COMMAND_OFFSET_NS, command_msg(action))
         obs, done, info = env.step(action)
         t += cfg.dt_ns
-    bag.write(topics.status, MSG_STRING, t, json_msg({
-        **status, 'step': env.step_count, 'done': True, 'success': bool(info['success']),
-        'timeout': bool(info['timeout']), 'phase': phase}))
+    bag.write(topics.status, MSG_STRING, t, string_msg(EpisodeStatus(
+        **status, step=env.step_count, done=True, success=bool(info['success']),
+        timeout=bool(info['timeout']), extra={'source': cfg.source, 'phase': phase}).to_json()))
     clock.now = t
     return {'episode': episode, 'task': task.name, 'seed': seed, 'steps': env.step_count,
             'chunks': chunks, 'success': bool(info['success'])}

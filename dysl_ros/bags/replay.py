@@ -114,7 +114,7 @@ def replay_step_locked(data: BagData, policy: Any, cfg: ReplayConfig = ReplayCon
         for obs in _selected(e, frames):
             images = obs.images()
             recorded = e.stats.get(obs.stamp_ns)
-            saved = (recorded or {}).get('guidance')
+            saved = recorded.extra.get('guidance') if recorded is not None else None
             guidance_match = None
             if guidance is not None and saved is not None:
                 if cfg.restore_guidance:

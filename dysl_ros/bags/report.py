@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..runtime.messages import StepStats
+
 MAX_EPISODE_PLOTS = 50
 
 
@@ -45,12 +47,12 @@ def compare(chunk: np.ndarray, reference: np.ndarray) -> dict:
             'first_abs': float(d[0].mean()), 'exact': bool(np.array_equal(a, b))}
 
 
-def recorded_stats(s: Optional[dict]) -> Optional[dict]:
-    """The skip decisions of a recorded step-statistics entry (None when there is none)."""
-    if not s:
+def recorded_stats(s: Optional[StepStats]) -> Optional[dict]:
+    """The skip decisions of recorded step statistics (None when there are none)."""
+    if s is None:
         return None
-    return {k: s.get(k) for k in ('layers_run', 'layer_ids', 'skipped_at', 'verified',
-                                  'allow_points')}
+    return {k: getattr(s, k) for k in ('layers_run', 'layer_ids', 'skipped_at', 'verified',
+                                       'allow_points')}
 
 
 def step_record(obs: Any, episode: Any, chunk: np.ndarray, *, layers_run: int,
@@ -82,8 +84,8 @@ def step_record(obs: Any, episode: Any, chunk: np.ndarray, *, layers_run: int,
 def episode_record(e: Any, steps: list[dict]) -> dict:
     """One episode of a report: what the bag says of it, and its steps."""
     status = e.status
-    return {'index': e.index, 'instruction': e.instruction, 'task': status.get('task'),
-            'seed': status.get('seed'), 'success': status.get('success'),
+    return {'index': e.index, 'instruction': e.instruction, 'task': status.task,
+            'seed': status.seed, 'success': status.success,
             'observations': len(e.observations), 'incomplete': e.incomplete, 'steps': steps}
 
 

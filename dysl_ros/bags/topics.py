@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..runtime.messages import (ChunkTypes, chunk_positions, chunk_to_msg, compressed_to_rgb,
+from ..runtime.messages import (ChunkTypes, CommandTypes, ImageTypes, chunk_positions,
+                                chunk_to_msg, command_to_msg, compressed_to_rgb, rgb_to_image_msg,
                                 split_ns)
 from ..runtime.messages import image_to_rgb as decode_image
 from ..validation import require
@@ -160,20 +160,17 @@ def deserialize(raw: bytes, msgtype: str) -> Any:
 # ---- builders ---------------------------------------------------------------------------------
 def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = '') -> Any:
     """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f'expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}')
-    h, w, _ = rgb.shape
-    return _t(MSG_IMAGE)(header=header(stamp_ns, frame_id), height=h, width=w, encoding='rgb8',
-                         is_bigendian=0, step=w * 3,
-                         data=np.ascontiguousarray(rgb).reshape(-1))
+    return rgb_to_image_msg(rgb, stamp_ns, frame_id, _image_types())
+
+
+@functools.lru_cache(maxsize=1)
+def _image_types() -> ImageTypes:
+    return ImageTypes(_t(MSG_IMAGE), _t('std_msgs/msg/Header'), _t('builtin_interfaces/msg/Time'),
+                      lambda b: b)
 
 
 def string_msg(text: str) -> Any:
     return _t(MSG_STRING)(data=str(text))
-
-
-def json_msg(data: dict) -> Any:
-    return string_msg(json.dumps(data))
 
 
 def chunk_msg(chunk: np.ndarray, names: Sequence[str], stamp_ns: int, dt: float) -> Any:
@@ -192,12 +189,15 @@ def _chunk_types() -> ChunkTypes:
                       _t('builtin_interfaces/msg/Duration'), lambda a: a.copy())
 
 
-def command_msg(action: np.ndarray, label: str = 'action') -> Any:
+def command_msg(action: np.ndarray, hold: bool = False) -> Any:
     """One action (D,) -> Float64MultiArray as the controller node publishes it."""
-    a = np.asarray(action, dtype=np.float64).reshape(-1)  # (D,)
-    dim = _t('std_msgs/msg/MultiArrayDimension')(label=label, size=a.size, stride=a.size)
-    layout = _t('std_msgs/msg/MultiArrayLayout')(dim=[dim], data_offset=0)
-    return _t(MSG_COMMAND)(layout=layout, data=a)
+    return command_to_msg(action, hold, _command_types())
+
+
+@functools.lru_cache(maxsize=1)
+def _command_types() -> CommandTypes:
+    return CommandTypes(_t(MSG_COMMAND), _t('std_msgs/msg/MultiArrayLayout'),
+                        _t('std_msgs/msg/MultiArrayDimension'), lambda a: a.copy())
 
 
 # ---- decoders ---------------------------------------------------------------------------------
@@ -215,8 +215,3 @@ def chunk_to_array(msg: Any) -> tuple[list[str], np.ndarray]:
         raise ValueError(f'a chunk point does not have one position per joint {names}')
     return names, positions
 
-
-def command_to_array(msg: Any) -> tuple[np.ndarray, Optional[str]]:
-    """Float64MultiArray -> ((D,) float64, layout label of dim 0 or None)."""
-    label = str(msg.layout.dim[0].label) if len(msg.layout.dim) else None
-    return np.asarray(msg.data, dtype=np.float64).copy(), label

@@ -29,17 +29,19 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, MultiArrayLayout, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ..runtime.chunking import MODES, ChunkExecutor, ChunkExecutorConfig
-from ..runtime.messages import chunk_positions
+from ..runtime.messages import CommandTypes, chunk_positions, command_to_msg
 from ..runtime.stats import percentile
 from .params import Param, declare_params
 from .qos import CHUNK_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
 from .spin import spin_node
 
+_COMMAND_TYPES = CommandTypes(Float64MultiArray, MultiArrayLayout, MultiArrayDimension,
+                              lambda a: a.tolist())
 _DEFAULT = ChunkExecutorConfig()
 PARAMS = (
     Param('control_rate', 20.0, 'commands per second (one chunk action per tick)', 0.1,
@@ -105,9 +107,6 @@ class ControllerNode(Node):
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._input_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', STATUS_QOS)
         self.create_timer(1.0 / values['diagnostics_rate'], self._publish_diagnostics)
-        n = len(self.cfg.joint_names)
-        self._layouts = {hold: [MultiArrayDimension(label='hold' if hold else 'action',
-                                                    size=n, stride=n)] for hold in (False, True)}
         self.commands = 0
         self._timer = self.create_timer(self.cfg.dt, self._on_tick,
                                         callback_group=self._tick_group)
@@ -154,9 +153,7 @@ class ControllerNode(Node):
     def _on_tick(self) -> None:
         with self._lock:
             command, hold = self.chunks.tick(self._now())
-        msg = Float64MultiArray(data=command.tolist())
-        msg.layout.dim = self._layouts[hold]
-        self._pub.publish(msg)
+        self._pub.publish(command_to_msg(command, hold, _COMMAND_TYPES))
         self.commands += 1
 
     def _log_drop(self, reason: str, text: str) -> None:

@@ -6,7 +6,6 @@ per-chunk statistics from `<policy>/step_stats`.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any, Optional
@@ -15,7 +14,7 @@ import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from ..runtime.messages import StepStats
+from ..runtime.messages import EpisodeStatus, StepStats
 from ..runtime.stats import percentile
 from .qos import INSTRUCTION_QOS, STATUS_QOS
 
@@ -28,7 +27,7 @@ class EpisodeDriver(Node):
                  **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self._cond = threading.Condition()
-        self._status: Optional[dict] = None
+        self._status: Optional[EpisodeStatus] = None
         self._steps: list[StepStats] = []
         self.instruction_pub = self.create_publisher(String, 'instruction', INSTRUCTION_QOS)
         self.create_subscription(String, 'episode_status', self._on_status, STATUS_QOS)
@@ -36,7 +35,7 @@ class EpisodeDriver(Node):
 
     def _on_status(self, msg: String) -> None:
         with self._cond:
-            self._status = json.loads(msg.data)
+            self._status = EpisodeStatus.from_json(msg.data)
             self._cond.notify_all()
 
     def _on_step(self, msg: String) -> None:
@@ -46,26 +45,26 @@ class EpisodeDriver(Node):
     def run_episode(self, instruction: str, timeout: float) -> dict:
         """Start an episode with `instruction` and wait until the sim reports it done."""
         with self._cond:
-            before = self._status['episode'] if self._status else 0
+            before = self._status.episode if self._status else 0
             self._steps = []
         t0 = time.monotonic()
         self.instruction_pub.publish(String(data=instruction))
         with self._cond:
             done = self._cond.wait_for(
-                lambda: self._status is not None and (
-                    self._status.get('error') or
-                    (self._status['episode'] > before and self._status['done'])), timeout)
-            status = dict(self._status or {})
+                lambda: self._status is not None and bool(
+                    self._status.error or
+                    (self._status.episode > before and self._status.done)), timeout)
+            status = self._status
             steps = list(self._steps)
-        if done and not status.get('error'):  # chunks in flight when the sim stopped
+        if done and not status.error:  # chunks in flight when the sim stopped
             self._drain(quiet=0.25, limit=2.0)
             with self._cond:
                 steps = list(self._steps)
         if not done:
             raise TimeoutError(f'episode {instruction!r} not done after {timeout:g} s '
                                f'(last status {status})')
-        if status.get('error'):
-            raise ValueError(f'the sim rejected {instruction!r}: {status["error"]}')
+        if status.error:
+            raise ValueError(f'the sim rejected {instruction!r}: {status.error}')
         if steps:  # chunks of this episode only: the policy numbers its episodes too
             last = max(s.episode for s in steps)
             steps = [s for s in steps if s.episode == last]
@@ -84,13 +83,12 @@ class EpisodeDriver(Node):
             time.sleep(quiet)
 
 
-def summarize(status: dict, steps: list[StepStats], wall_s: float) -> dict:
+def summarize(status: EpisodeStatus, steps: list[StepStats], wall_s: float) -> dict:
     """One table row: the sim's outcome and the policy's statistics for one episode."""
     layers = [s.layers_run for s in steps]
     return {
-        'task': status.get('task'), 'seed': status.get('seed'),
-        'success': bool(status.get('success')), 'steps': int(status.get('step', 0)),
-        'holds': int(status.get('holds', 0)), 'chunks': len(steps),
+        'task': status.task, 'seed': status.seed, 'success': bool(status.success),
+        'steps': int(status.step or 0), 'holds': int(status.holds or 0), 'chunks': len(steps),
         'layers_run_mean': float(np.mean(layers)) if layers else None,
         'layers_total': steps[-1].layers_total if steps else None,
         'verified': sum(bool(s.verified) for s in steps),

@@ -119,7 +119,7 @@ def _model(args: argparse.Namespace, tmp: Path) -> Path:
 
 def _node_values(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     from .params import defaults
-    from .policy_node import PARAMS
+    from .policy_params import PARAMS
     return {**defaults(PARAMS), 'model_path': str(model), 'backend': args.backend,
             'method': args.method, 'device': args.device, 'instruction': INSTRUCTION,
             'max_image_age': 60.0, 'warmup_steps': args.warmup}
@@ -131,7 +131,8 @@ def _measure(args: argparse.Namespace, model: Path, frame: np.ndarray
     from rclpy.parameter import Parameter
 
     from .launcher import LocalLaunch, wait_for
-    from .policy_node import PolicyNode, PolicyNodeConfig, load_policy
+    from .policy_node import PolicyNode
+    from .policy_params import PolicyNodeConfig, load_policy
 
     values = _node_values(args, model)
     direct = load_policy(PolicyNodeConfig(**values))

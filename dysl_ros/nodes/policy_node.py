@@ -33,8 +33,8 @@ Episodes: every instruction message and every ~/reset call starts a new episode:
 history (continuity ring buffer) is cleared before the next step, and frames and stamps
 received before are forgotten (every lifecycle transition forgets them too). What to step
 on and when (instruction checks, episodes, frames paired by stamp, staleness) is
-dysl_ros.runtime.session.PolicySession; this node moves messages, runs the model thread
-and logs.
+dysl_ros.runtime.session.PolicySession; the parameters and the model they load are
+dysl_ros.nodes.policy_params; this node moves messages, runs the model thread and logs.
 
 Bad input is logged (throttled), counted in /diagnostics (stats.ERROR_KINDS) and never stops
 the node or keeps it from serving the next good frame: unsupported encodings, wrong or
@@ -46,12 +46,9 @@ when set, with the reason.
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -64,173 +61,19 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..paths import default_model_dir
-from ..runtime.engine_build import PRECISIONS
-from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_policy
 from ..runtime.frames import FrameGate, Rejected
-from ..runtime.session import PolicySession, Waiting
+from ..runtime.messages import ChunkTypes, ImageConversionError, chunk_to_msg, time_to_ns
 from ..runtime.policy import NonFiniteOutput
-from ..runtime.messages import ChunkTypes, StepStats, chunk_to_msg, time_to_ns
+from ..runtime.session import PolicySession, Waiting, policy_vocabulary, step_stats
 from ..runtime.stats import PolicyStats, StepRecord
-from .image_conversion import ImageConversionError, msg_to_rgb
-from .params import Param, declare_params, read_params
-from .qos import (CAMERA_QOS, CHUNK_QOS, INSTRUCTION_QOS, SENSOR_QOS, STATUS_QOS,
-                  SubscriptionEventCallbacks)
+from .image_conversion import msg_to_rgb
+from .params import declare_params, read_params
+from .policy_params import CAMERA_QOS_CHOICES, PARAMS, PolicyNodeConfig, configure_policy
+from .qos import CHUNK_QOS, INSTRUCTION_QOS, STATUS_QOS, SubscriptionEventCallbacks
 from .spin import spin_node
 
-TRANSPORTS = ('raw', 'compressed')
-CAMERA_QOS_CHOICES = {'reliable': CAMERA_QOS, 'best_effort': SENSOR_QOS}
-WARMUP_INSTRUCTION = 'pick up the red block'
 _CHUNK_TYPES = ChunkTypes(JointTrajectory, JointTrajectoryPoint, Header, Time, Duration,
                           lambda a: a.tolist())
-
-
-def _directory_problem(path: str) -> Optional[str]:
-    return None if not path or Path(path).is_dir() else 'the directory does not exist'
-
-
-def _torch_device_problem(device: str) -> Optional[str]:
-    """Why `device` is not a usable torch device here ('cpu', 'cuda', 'cuda:N')."""
-    if device == 'cpu':
-        return None
-    match = re.fullmatch(r'cuda(?::(\d+))?', device)
-    if match is None:
-        return "expected 'cpu', 'cuda' or 'cuda:N'"
-    import torch
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(match.group(1) or 0) >= count:
-        return f'this machine has {count} CUDA devices'
-    return None
-
-PARAMS = (
-    Param('model_path', '', 'torch: a model directory (vla.json + dysl.json); onnxruntime / '
-          'tensorrt: an export directory (manifest.json) or a model directory holding onnx/; '
-          'empty: the package\'s models/default', check=_directory_problem),
-    Param('backend', 'torch', 'inference backend', choices=BACKENDS),
-    Param('method', 'dysl', 'dysl (layer skipping) or full (full depth) on every backend; on '
-          'torch also a baseline / ablation name of dysl_ros.runtime.methods'),
-    Param('device', 'cpu', 'torch backend: torch device (cpu, cuda, cuda:0, ...)',
-          check=_torch_device_problem),
-    Param('torch_threads', 1, 'torch backend: intra-op CPU threads, 0 = torch\'s default (one '
-          'per core); 1 leaves the other cores to ROS and the cameras (measured: two OpenMP '
-          'threads on 2 cores stretched p99 steps from 16 to 900 ms)', 0, 256),
-    Param('ort_threads', 0, 'onnxruntime backend: intra-op threads, 0 = one per core', 0, 256),
-    Param('precision', 'fp16', 'tensorrt backend: engine precision', choices=PRECISIONS),
-    Param('engine_cache', '', 'tensorrt backend: engine cache directory; empty: the runner\'s '
-          'default'),
-    Param('build_engines', True, 'tensorrt backend: build missing or stale engines (false: '
-          'refuse to configure instead)'),
-    Param('warmup_steps', 3, 'policy steps run on blank frames at configure', 0, 100),
-    Param('executed_actions', 1, 'actions of each chunk the robot executes before the next '
-          'chunk replaces it; only those enter the continuity history (0: the model\'s stored '
-          'setting)', 0, 1000),
-    Param('camera_names', ['front', 'wrist'], 'model camera names, in the order of '
-          'camera_topics; must be the model\'s cameras; the first is the primary camera whose '
-          'frames trigger inference and stamp the chunks'),
-    Param('camera_topics', ['image', 'wrist/image'], 'image topic per camera name'),
-    Param('image_transport', 'raw', 'raw: sensor_msgs/Image on each topic; compressed: '
-          'sensor_msgs/CompressedImage on <topic>/compressed', choices=TRANSPORTS),
-    Param('camera_qos', 'reliable', 'reliable: depth-1 reliable camera subscriptions (large '
-          'frames arrive across processes; matches reliable publishers only); best_effort: '
-          'matches every publisher, but FastDDS loses most frames over ~0.5 MB',
-          choices=tuple(CAMERA_QOS_CHOICES)),
-    Param('image_width', 0, 'expected image width in pixels; 0 accepts any (images are '
-          'resized to the model input)', 0, 8192),
-    Param('image_height', 0, 'expected image height in pixels; 0 accepts any', 0, 8192),
-    Param('max_image_age', 0.5, 'seconds; an older frame is stale: no chunk is produced',
-          0.001, 60.0),
-    Param('max_camera_skew', 0.02, 'seconds; frames of the cameras stamped this close are of '
-          'one moment: after a primary frame the step waits this long at most for the other '
-          'cameras\' frames of its moment, then steps on the newest it has', 0.0, 1.0),
-    Param('max_future_stamp', 0.25, 'seconds; a frame stamped further ahead of this node\'s '
-          'clock is refused (its sender\'s clock is wrong)', 0.0, 60.0),
-    Param('inference_rate', 0.0, 'Hz; 0 infers on every new primary frame once the previous '
-          'step finished, > 0 infers at this rate from the newest frame', 0.0, 1000.0),
-    Param('control_rate', 20.0, 'Hz of the actions in a chunk: time_from_start of point i is '
-          'i / control_rate', 0.1, 1000.0),
-    Param('instruction', '', 'instruction to start with; empty waits for the instruction '
-          'topic'),
-    Param('max_instruction_length', 256, 'longer instructions are rejected (characters)',
-          1, 100000),
-    Param('diagnostics_rate', 1.0, 'Hz of /diagnostics', 0.01, 100.0),
-    Param('stats_window', 100, 'steps over which /diagnostics figures are computed', 1,
-          100000),
-    Param('log_throttle', 5.0, 'seconds between two log lines about the same problem', 0.0,
-          3600.0),
-    Param('autostart', False, 'configure and activate on start (main() only)'),
-)
-
-
-@dataclass(frozen=True)
-class PolicyNodeConfig:
-    """The policy node's parameters, checked together once per configure."""
-
-    model_path: str
-    backend: str
-    method: str
-    device: str
-    torch_threads: int
-    ort_threads: int
-    precision: str
-    engine_cache: str
-    build_engines: bool
-    warmup_steps: int
-    executed_actions: int
-    camera_names: tuple[str, ...]
-    camera_topics: tuple[str, ...]
-    image_transport: str
-    camera_qos: str
-    image_width: int
-    image_height: int
-    max_image_age: float
-    max_camera_skew: float
-    max_future_stamp: float
-    inference_rate: float
-    control_rate: float
-    instruction: str
-    max_instruction_length: int
-    diagnostics_rate: float
-    stats_window: int
-    log_throttle: float
-    autostart: bool
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, 'camera_names', tuple(self.camera_names))
-        object.__setattr__(self, 'camera_topics', tuple(self.camera_topics))
-        if not self.camera_names or len(set(self.camera_names)) != len(self.camera_names):
-            raise ValueError(f'camera_names={list(self.camera_names)} is invalid: expected '
-                             'distinct names')
-        if len(self.camera_topics) != len(self.camera_names) or not all(self.camera_topics):
-            raise ValueError(f'camera_topics={list(self.camera_topics)} is invalid: expected '
-                             f'one topic per camera of {list(self.camera_names)}')
-        if self.backend != 'torch' and self.method not in EXPORT_METHODS:
-            raise ValueError(f'method={self.method!r} is invalid for backend={self.backend!r}: '
-                             f'exports run {list(EXPORT_METHODS)}; baselines run on torch')
-
-    @property
-    def model_dir(self) -> Path:
-        return Path(self.model_path) if self.model_path else default_model_dir()
-
-    @property
-    def dt(self) -> float:
-        return 1.0 / self.control_rate
-
-    def policy_options(self, log: Any = print) -> PolicyOptions:
-        """What open_policy reads of these parameters (each backend its own)."""
-        return PolicyOptions(
-            device=self.device, threads=self.ort_threads,
-            engine_cache=Path(self.engine_cache) if self.engine_cache else None,
-            precision=self.precision, build_engines=self.build_engines, log=log,
-            guidance={'executed_actions': self.executed_actions} if self.executed_actions
-            else None)
-
-
-def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
-    """The Policy (dysl_ros.runtime.policy.Policy) the parameters ask for."""
-    if not cfg.model_dir.exists():
-        raise FileNotFoundError(f'model directory {cfg.model_dir} does not exist (set the '
-                                'model_path parameter, or train the default model)')
-    return open_policy(cfg.model_dir, cfg.backend, cfg.method, cfg.policy_options(log))
 
 
 class PolicyNode(LifecycleNode):
@@ -273,7 +116,8 @@ class PolicyNode(LifecycleNode):
             self.cfg = PolicyNodeConfig(**read_params(self, PARAMS))
             self._model_thread = ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix='policy_model')
-            self.policy = self._model_thread.submit(self._load, self.cfg).result()
+            self.policy = self._model_thread.submit(configure_policy, self.cfg,
+                                                    self.get_logger().info).result()
         except Exception as e:  # a bad parameter or model: say what, stay unconfigured
             self._error_text = f'configure failed: {e}'
             self.get_logger().error(self._error_text)
@@ -290,12 +134,13 @@ class PolicyNode(LifecycleNode):
         self.session = PolicySession(
             FrameGate(cfg.camera_names, cfg.max_image_age, cfg.max_future_stamp,
                       cfg.max_camera_skew),
-            cfg.max_instruction_length, _vocabulary(self.policy), cfg.instruction,
+            cfg.max_instruction_length, policy_vocabulary(self.policy), cfg.instruction,
             episode=self.session.episode + 1 if self.session else 1)
         spec = self.policy.spec
         self.get_logger().info(
             f'configured: {self.cfg.backend} backend, method {self.cfg.method}, model '
-            f'{self.cfg.model_dir}, cameras {dict(zip(self.cfg.camera_names, self._topics()))}, '
+            f'{self.cfg.model_dir}, cameras '
+            f'{dict(zip(self.cfg.camera_names, self.cfg.subscribed_topics))}, '
             f'chunk {spec.chunk_size} x {list(spec.action_names)}')
         return TransitionCallbackReturn.SUCCESS
 
@@ -303,7 +148,7 @@ class PolicyNode(LifecycleNode):
         cfg = self.cfg
         msg_type = CompressedImage if cfg.image_transport == 'compressed' else Image
         qos = CAMERA_QOS_CHOICES[cfg.camera_qos]
-        for camera, topic in zip(cfg.camera_names, self._topics()):
+        for camera, topic in zip(cfg.camera_names, cfg.subscribed_topics):
             self._subs.append(self._camera_subscription(msg_type, camera, topic, qos))
         self._subs.append(self.create_subscription(
             String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
@@ -384,13 +229,7 @@ class PolicyNode(LifecycleNode):
         stamp, arrival = time_to_ns(msg.header.stamp), self._now_ns()
         try:
             self.session.check_frame(camera, stamp, arrival)  # a refused frame is not converted
-            rgb = msg_to_rgb(msg)
-            h, w = rgb.shape[:2]
-            if (cfg.image_width and w != cfg.image_width) or \
-                    (cfg.image_height and h != cfg.image_height):
-                raise ImageConversionError(
-                    'size', f'{w}x{h} image, expected {cfg.image_width or "any"}x'
-                    f'{cfg.image_height or "any"} (image_width, image_height)')
+            rgb = cfg.check_size(msg_to_rgb(msg))
         except (Rejected, ImageConversionError) as e:
             self._complain(e.kind, f'camera {camera!r}: frame rejected: {e}'
                            if isinstance(e, ImageConversionError) else str(e))
@@ -450,8 +289,8 @@ class PolicyNode(LifecycleNode):
             if step_in.reason:
                 self._note('waiting', f'waiting for {step_in.reason}')
             return None
-        first = step_in.frames[self.cfg.camera_names[0]]
-        stamp, episode = first.stamp_ns, step_in.episode
+        primary = step_in.frames[self.cfg.camera_names[0]]
+        stamp, episode = primary.stamp_ns, step_in.episode
         if step_in.new_episode:
             self.policy.reset()
         start = self._now_ns()
@@ -479,45 +318,14 @@ class PolicyNode(LifecycleNode):
             episode=episode, layers_run=step.layers_run, layers_guided=len(step.layer_ids),
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
-        self._stats_pub.publish(String(data=StepStats(
-            seq=seq, episode=episode, stamp_ns=stamp, layers_run=step.layers_run,
-            layers_total=step.layers_total, layer_ids=list(step.layer_ids),
-            skipped_at=list(step.skipped_at), verified=bool(step.verified),
-            allow_points=list(step.allow_points), policy_ms=policy_ms,
-            camera_to_chunk_ms=c2c_ms,
-            # where camera -> chunk went, for the primary frame (ms, they add up)
-            stages_ms={'frame in': (first.arrival_ns - stamp) * 1e-6,
-                       'conversion': (first.ready_ns - first.arrival_ns) * 1e-6,
-                       'wake and pairing': (start - first.ready_ns) * 1e-6,
-                       'step': policy_ms,
-                       'chunk message and publish':
-                           c2c_ms - (start - stamp) * 1e-6 - policy_ms},
-            latency_ms=dict(step.latency_ms)).to_json()))
+        self._stats_pub.publish(String(data=step_stats(
+            seq, episode, primary, step, start, policy_ms, c2c_ms).to_json()))
         return None
 
     def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
         return chunk_to_msg(chunk, self._action_names(), stamp_ns, self.cfg.dt, _CHUNK_TYPES)
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _load(self, cfg: PolicyNodeConfig) -> Any:
-        t0 = time.perf_counter()
-        if cfg.backend == 'torch' and cfg.torch_threads:
-            import torch
-            torch.set_num_threads(cfg.torch_threads)  # process-wide
-        policy = load_policy(cfg, log=self.get_logger().info)
-        cams = tuple(policy.spec.cameras)
-        if set(cfg.camera_names) != set(cams):
-            raise ValueError(f'camera_names={list(cfg.camera_names)} do not match the model\'s '
-                             f'cameras {list(cams)} (set camera_names and camera_topics)')
-        size = policy.spec.image_size
-        blank = {c: np.zeros((size, size, 3), np.uint8) for c in cams}
-        for _ in range(cfg.warmup_steps):
-            policy.step(blank, WARMUP_INSTRUCTION)
-        policy.reset()
-        self.get_logger().info(f'model loaded and warmed up ({cfg.warmup_steps} steps) in '
-                               f'{time.perf_counter() - t0:.1f} s')
-        return policy
-
     def _stop_serving(self) -> None:
         """End the inference loop; the step in progress, if any, finishes first."""
         if self._serving is not None:
@@ -551,10 +359,6 @@ class PolicyNode(LifecycleNode):
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
-
-    def _topics(self) -> list[str]:
-        suffix = '/compressed' if self.cfg.image_transport == 'compressed' else ''
-        return [t + suffix for t in self.cfg.camera_topics]
 
     def _action_names(self) -> list[str]:
         return list(self.policy.spec.action_names) if self.policy is not None else []
@@ -602,14 +406,6 @@ class PolicyNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
-
-
-def _vocabulary(policy: Any) -> Optional[Any]:
-    """text -> (its words, those the model does not know), from the policy's tokenizer."""
-    tokenizer = getattr(policy.spec, 'tokenizer', None)
-    if tokenizer is None:
-        return None
-    return lambda text: (tokenizer.words(text), tokenizer.unknown_words(text))
 
 
 def _fmt(value: Any) -> str:

@@ -28,7 +28,6 @@ rendering context belongs to the thread that made it current, and executor threa
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
+from ..runtime.messages import HOLD_LABEL, EpisodeStatus, command_from_msg
 from .image_conversion import rgb_to_image
 from .params import Param, declare_params
 from .qos import CAMERA_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
@@ -109,7 +109,7 @@ class SimNode(Node):
             obs = self._env_thread.submit(self.env.reset, seed, instruction).result()
         except ValueError as e:
             self.get_logger().error(f'instruction {instruction!r} not started: {e}')
-            self._publish_status({'error': str(e), 'instruction': instruction})
+            self._publish_status(error=str(e), instruction=instruction)
             return str(e)
         self._next_seed += 1
         self._instruction = instruction
@@ -136,7 +136,7 @@ class SimNode(Node):
         return response
 
     def _on_command(self, msg: Float64MultiArray) -> None:
-        a = np.asarray(msg.data, dtype=np.float64)
+        a, label = command_from_msg(msg)
         if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
             now = self.get_clock().now().nanoseconds * 1e-9
             if now - self._last_log > 5.0:
@@ -144,9 +144,8 @@ class SimNode(Node):
                 self.get_logger().warning(f'command ignored: expected {self.action_dim} '
                                           f'finite values, got {list(msg.data)}')
             return
-        hold = bool(msg.layout.dim) and msg.layout.dim[0].label == 'hold'
         with self._queue_lock:
-            self._queue.append((a, hold))
+            self._queue.append((a, label == HOLD_LABEL))
 
     def _on_tick(self) -> None:
         if not self._running:
@@ -166,18 +165,17 @@ class SimNode(Node):
         stamp = self.get_clock().now().to_msg()
         for camera, pub in self._image_pubs.items():
             pub.publish(rgb_to_image(images[camera], stamp=stamp, frame_id=camera))
-        self._publish_status({'success': bool(info['success']),
-                              'timeout': bool(info['timeout'])})
+        self._publish_status(success=bool(info['success']), timeout=bool(info['timeout']))
 
-    def _publish_status(self, extra: dict) -> None:
+    def _publish_status(self, success: bool = False, timeout: bool = False,
+                        error: Optional[str] = None, instruction: Optional[str] = None) -> None:
         env = self.env
-        status = {'episode': env.episode, 'seed': env.seed,
-                  'task': env.task.name if env.episode else None,
-                  'instruction': self._instruction, 'step': env.step_count,
-                  'done': bool(env.episode and env.done), 'success': False, 'timeout': False,
-                  'holds': self._holds, 'error': None}
-        status.update(extra)
-        self._status_pub.publish(String(data=json.dumps(status)))
+        status = EpisodeStatus(
+            episode=env.episode, seed=env.seed, task=env.task.name if env.episode else None,
+            instruction=self._instruction if instruction is None else instruction,
+            step=env.step_count, done=bool(env.episode and env.done), success=success,
+            timeout=timeout, holds=self._holds, error=error)
+        self._status_pub.publish(String(data=status.to_json()))
 
     def destroy_node(self) -> None:
         self._running = False

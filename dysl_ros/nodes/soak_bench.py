@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import signal
@@ -43,7 +42,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..runtime.messages import StepStats
+from ..runtime.messages import StepStats, command_from_msg
 from .overhead_bench import INSTRUCTION, _arg, _model, add_policy_arguments
 
 NODES = {'policy_node': 'dysl_ros.nodes.policy_node',
@@ -522,11 +521,12 @@ def _Probe(context: Any, frame: np.ndarray) -> Any:
                 self._policy_ms[info.stamp_ns] = info.policy_ms
 
         def _on_command(self, msg: Float64MultiArray) -> None:
-            label = msg.layout.dim[0].label if msg.layout.dim else ''
+            action, label = command_from_msg(msg)
+            label = label or ''
             with self._lock:
                 if self._first_frame is None:
                     return  # before the soak
                 self._commands[label] = self._commands.get(label, 0) + 1
-                self._non_finite += int(not all(math.isfinite(v) for v in msg.data))
+                self._non_finite += int(not np.all(np.isfinite(action)))
 
     return Probe()

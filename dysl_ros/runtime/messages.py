@@ -1,14 +1,18 @@
-"""Message <-> numpy codecs and the step-statistics JSON, without ROS.
+"""Every message that crosses the ROS boundary, as one codec each, without ROS.
 
 Nothing here imports rclpy or a message package: the decoders read any object with the
 fields of the ROS message (rclpy messages and rosbags messages alike), and the encoders take
-the message classes to build (`ChunkTypes`), so the nodes (rclpy) and the bag tools (rosbags)
-share one conversion each:
+the message classes to build (`ChunkTypes`, `CommandTypes`, `ImageTypes`), so the nodes
+(rclpy) and the bag tools (rosbags) share one conversion each:
 
     chunk (H, D) <-> trajectory_msgs/JointTrajectory   chunk_to_msg, chunk_positions
+    action (D,) <-> std_msgs/Float64MultiArray          command_to_msg, command_from_msg
     builtin_interfaces/Time, Duration -> ns             time_to_ns
     policy step statistics <-> std_msgs/String JSON     StepStats (the policy node's
                                                         ~/step_stats, and the bags' copy)
+    episode status <-> std_msgs/String JSON             EpisodeStatus (the sim node's
+                                                        episode_status, and the bags' copy)
+    RGB -> sensor_msgs Image                            rgb_to_image_msg
     sensor_msgs Image, CompressedImage -> RGB           image_to_rgb, compressed_to_rgb
 """
 from __future__ import annotations
@@ -75,6 +79,38 @@ def chunk_positions(points: Sequence[Any], width: int) -> Optional[np.ndarray]:
     return np.stack(rows) if rows else np.zeros((0, width))
 
 
+# ---- one action <-> std_msgs/Float64MultiArray ----------------------------------------------
+ACTION_LABEL = 'action'  # layout.dim[0].label of a command from a chunk
+HOLD_LABEL = 'hold'  # ... and of a hold (no valid chunk)
+
+
+@dataclass(frozen=True)
+class CommandTypes:
+    """The classes a Float64MultiArray is built from (rclpy's or a rosbags typestore's), and
+    how a (D,) float64 action becomes its float64[] field."""
+
+    array: Callable[..., Any]  # std_msgs/msg/Float64MultiArray
+    layout: Callable[..., Any]  # std_msgs/msg/MultiArrayLayout
+    dimension: Callable[..., Any]  # std_msgs/msg/MultiArrayDimension
+    floats: Callable[[np.ndarray], Any]  # (D,) float64 -> the float64[] field value
+
+
+def command_to_msg(action: np.ndarray, hold: bool, types: CommandTypes) -> Any:
+    """One action (D,) -> Float64MultiArray as the controller node publishes it: one layout
+    dimension of size D labelled HOLD_LABEL for a hold, else ACTION_LABEL."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)  # (D,)
+    dim = types.dimension(label=HOLD_LABEL if hold else ACTION_LABEL, size=a.size,
+                          stride=a.size)
+    return types.array(layout=types.layout(dim=[dim], data_offset=0), data=types.floats(a))
+
+
+def command_from_msg(msg: Any) -> tuple[np.ndarray, Optional[str]]:
+    """Float64MultiArray -> ((D,) float64 action, label of layout.dim[0] or None); the
+    values are not checked (length, finiteness): that is the receiver's to decide."""
+    label = str(msg.layout.dim[0].label) if len(msg.layout.dim) else None
+    return np.asarray(msg.data, dtype=np.float64).copy(), label
+
+
 # ---- step statistics <-> JSON ---------------------------------------------------------------
 @dataclass
 class StepStats:
@@ -128,8 +164,97 @@ class StepStats:
     @classmethod
     def from_json(cls, text: str) -> 'StepStats':
         """A ~/step_stats message's data -> StepStats (ValueError: not JSON; KeyError: a key
-        missing)."""
-        return cls.from_dict(json.loads(text))
+        missing; TypeError: not a JSON object)."""
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise TypeError(f'step statistics are a JSON {type(d).__name__}, not an object')
+        return cls.from_dict(d)
+
+
+# ---- episode status <-> JSON ----------------------------------------------------------------
+@dataclass
+class EpisodeStatus:
+    """The sim node's status of its episode, one JSON object per reset and per step on
+    episode_status. It writes every key; a key missing from a parsed status is None (a
+    robot's bag may carry some only). `extra` holds further keys (the bag recorder's 'source'
+    and 'phase'), written after the others and kept when parsing."""
+
+    episode: Optional[int] = None
+    seed: Optional[int] = None
+    task: Optional[str] = None
+    instruction: Optional[str] = None
+    step: Optional[int] = None
+    done: Optional[bool] = None
+    success: Optional[bool] = None
+    timeout: Optional[bool] = None
+    holds: Optional[int] = None  # steps that held (no command, or a hold command)
+    error: Optional[str] = None  # why an instruction was not started
+    extra: dict = field(default_factory=dict)
+
+    _KEYS = ('episode', 'seed', 'task', 'instruction', 'step', 'done', 'success', 'timeout',
+             'holds', 'error')
+
+    def to_json(self) -> str:
+        return json.dumps({**{k: getattr(self, k) for k in self._KEYS}, **self.extra})
+
+    @classmethod
+    def from_json(cls, text: str) -> 'EpisodeStatus':
+        """An episode_status message's data -> EpisodeStatus (ValueError: not JSON;
+        TypeError: not a JSON object)."""
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise TypeError(f'episode status is a JSON {type(d).__name__}, not an object')
+        return cls(**{k: d.get(k) for k in cls._KEYS},
+                   extra={k: v for k, v in d.items() if k not in cls._KEYS})
+
+
+# ---- (H, W, 3) uint8 RGB -> sensor_msgs/Image ------------------------------------------------
+@dataclass(frozen=True)
+class ImageTypes:
+    """The classes an Image is built from (rclpy's or a rosbags typestore's), and how its
+    bytes become the uint8[] data field."""
+
+    image: Callable[..., Any]  # sensor_msgs/msg/Image
+    header: Callable[..., Any]  # std_msgs/msg/Header
+    time: Callable[..., Any]  # builtin_interfaces/msg/Time
+    data: Callable[[np.ndarray], Any]  # (N,) uint8 -> the uint8[] field value
+
+
+def rgb_to_image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, types: ImageTypes,
+                     encoding: str = 'rgb8', row_padding: int = 0) -> Any:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image in rgb8, bgr8, rgba8, bgra8 or mono8, with
+    `row_padding` extra bytes per row (step = width * channels + padding)."""
+    rgb = check_rgb(rgb)
+    if encoding == 'rgb8':
+        pixels = rgb
+    elif encoding == 'bgr8':
+        pixels = rgb[..., ::-1]
+    elif encoding in ('rgba8', 'bgra8'):
+        color = rgb if encoding == 'rgba8' else rgb[..., ::-1]
+        alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+        pixels = np.concatenate([color, alpha], axis=2)
+    elif encoding == 'mono8':
+        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)[..., None]
+    else:
+        raise ValueError(f'encoding={encoding!r} is invalid: expected rgb8, bgr8, rgba8, '
+                         'bgra8 or mono8')
+    h, w, c = pixels.shape
+    if row_padding < 0:
+        raise ValueError(f'row_padding={row_padding} is invalid: expected >= 0')
+    rows = np.zeros((h, w * c + row_padding), np.uint8)
+    rows[:, :w * c] = pixels.reshape(h, w * c)
+    sec, nanosec = split_ns(stamp_ns)
+    return types.image(header=types.header(stamp=types.time(sec=sec, nanosec=nanosec),
+                                           frame_id=frame_id),
+                       height=h, width=w, encoding=encoding, is_bigendian=0,
+                       step=w * c + row_padding, data=types.data(rows.reshape(-1)))
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """`rgb` itself if it is an (H, W, 3) uint8 array; ValueError otherwise."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f'expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}')
+    return rgb
 
 
 # ---- sensor_msgs Image / CompressedImage -> (H, W, 3) uint8 RGB ------------------------------

@@ -1,6 +1,7 @@
 """What a policy server decides besides running the model (no ROS): the instruction and
-episode, the latest frames and when to step on them. The policy node only moves messages
-in and out of it, as the controller node does with ChunkExecutor.
+episode, the latest frames and when to step on them, and the statistics of each step. The
+policy node only moves messages in and out of it, as the controller node does with
+ChunkExecutor.
 
 Thread-safe: camera and instruction callbacks, the model thread and lifecycle transitions
 call it concurrently. Hold `lock` (re-entrant) to publish atomically with `stop()`: no chunk
@@ -10,14 +11,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .frames import Frame, FrameGate, Rejected
+from .messages import StepStats
 
 # text -> (its words, those the model does not know)
 Vocabulary = Callable[[str], tuple[list[str], list[str]]]
+
+
+def policy_vocabulary(policy: Any) -> Optional[Vocabulary]:
+    """The Vocabulary of the policy's tokenizer (None when it has none)."""
+    tokenizer = getattr(policy.spec, 'tokenizer', None)
+    if tokenizer is None:
+        return None
+    return lambda text: (tokenizer.words(text), tokenizer.unknown_words(text))
 
 
 @dataclass(frozen=True)
@@ -133,3 +143,25 @@ class PolicySession:
     def current(self, episode: int) -> bool:
         """Whether a step of `episode` may still publish (call holding `lock`)."""
         return self.active and self.episode == episode
+
+
+def step_stats(seq: int, episode: int, primary: Frame, step: Any, start_ns: int,
+               policy_ms: float, camera_to_chunk_ms: float) -> StepStats:
+    """The statistics of a step on the `primary` camera's frame that began at start_ns and
+    whose chunk was out camera_to_chunk_ms after the frame's stamp (`step`: the policy's
+    StepStats, dysl_ros.runtime.policy)."""
+    stamp = primary.stamp_ns
+    return StepStats(
+        seq=seq, episode=episode, stamp_ns=stamp, layers_run=step.layers_run,
+        layers_total=step.layers_total, layer_ids=list(step.layer_ids),
+        skipped_at=list(step.skipped_at), verified=bool(step.verified),
+        allow_points=list(step.allow_points), policy_ms=policy_ms,
+        camera_to_chunk_ms=camera_to_chunk_ms,
+        # where camera -> chunk went (ms, they add up)
+        stages_ms={'frame in': (primary.arrival_ns - stamp) * 1e-6,
+                   'conversion': (primary.ready_ns - primary.arrival_ns) * 1e-6,
+                   'wake and pairing': (start_ns - primary.ready_ns) * 1e-6,
+                   'step': policy_ms,
+                   'chunk message and publish':
+                       camera_to_chunk_ms - (start_ns - stamp) * 1e-6 - policy_ms},
+        latency_ms=dict(step.latency_ms))
