@@ -1,6 +1,7 @@
 """check-device on this CPU: its JSON report (GPU lines SKIPPED with the reason, CPU lines
-PASS), and FAILs where the export or the model is broken: a controller whose ONNX graph
-answers 1 - p, a NaN action head, a backend asked for that cannot run here."""
+PASS: every segment graph at every allow point, the same decisions as PyTorch, one read per
+step), and FAILs where the export or the model is broken: a controller that answers 1 - p
+inside its segment graph, a NaN action head, a backend asked for that cannot run here."""
 import argparse
 import contextlib
 import io
@@ -13,19 +14,24 @@ import torch
 from onnx import helper, numpy_helper
 
 from dysl_ros.bench.trace import DecisionTrace
+from dysl_ros.export.onnx_export import export_model
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla, save_vla
 from dysl_ros.runtime.loading import load_model, load_torch_model
-from dysl_ros.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
+from dysl_ros.runtime.manifest import Manifest, sha256_file
+from dysl_ros.runtime.policy import GuidedPolicy
 from dysl_ros.tools import check_device
 
-TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,
+from test_export import GUIDANCE, INSTRUCTION, build_model, observations
+
+# 6 layers: ceil(0.2 * 6) = 2 static layers (0 and 4), two segments, and steps that skip
+TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=6, n_heads=2, mlp_ratio=2,
                  chunk_size=4)
 CHECKS = ['versions', 'gpu', 'export', 'parity-onnxruntime', 'engines-fp32', 'engines-fp16',
-          'parity-tensorrt-fp32', 'parity-tensorrt-fp16', 'decisions', 'latency',
+          'parity-tensorrt-fp32', 'parity-tensorrt-fp16', 'decisions', 'launches', 'latency',
           'device-memory', 'finite-steps', 'configure-cleanup']
-CPU_CHECKS = ['versions', 'export', 'parity-onnxruntime', 'decisions', 'latency',
+CPU_CHECKS = ['versions', 'export', 'parity-onnxruntime', 'decisions', 'launches', 'latency',
               'finite-steps', 'configure-cleanup']
 GPU_CHECKS = ['gpu', 'engines-fp32', 'engines-fp16', 'parity-tensorrt-fp32',
               'parity-tensorrt-fp16', 'device-memory']
@@ -46,24 +52,44 @@ def run_check(model, out, *extra):
     return rc, report, {c['name']: c for c in report['checks']}, screen.getvalue()
 
 
-def invert_controller(export_dir, j):
-    """Make controller j of an export answer 1 - p, and record its new sha256 in the
-    manifest, as someone editing the graph would."""
-    path = export_dir / f'controller_{j}.onnx'
-    model = onnx.load(str(path))
-    graph = model.graph
-    out = graph.output[0].name
+def graphs(graph):
+    """An ONNX graph and, depth first, the branches of its conditionals."""
+    yield graph
     for node in graph.node:
-        node.output[:] = [o + '_raw' if o == out else o for o in node.output]
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), 'one'))
-    graph.node.append(helper.make_node('Sub', ['one', out + '_raw'], [out]))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(a.g)
+
+
+def segment_holding(layout, j):
+    """The name of the segment graph that holds dynamic layer j."""
+    return f'segment_{layout.segments.index(layout.segment_of(j))}'
+
+
+def invert_controller(export_dir, j):
+    """Make controller j of a per-segment export answer 1 - p (in the branch of its segment
+    graph that asks it), and record the graph's new sha256 in the manifest, as someone
+    editing the graph would."""
+    m = Manifest.load(export_dir)
+    unit = next(u for u in m.units if u.name == segment_holding(m.layout, j))
+    path = m.path(unit)
+    model = onnx.load(str(path))
+    asks = next(g for g in graphs(model.graph) if any(
+        i.startswith(f'segment.controllers.{j}.') for n in g.node for i in n.input))
+    k, sigmoid = next((k, n) for k, n in enumerate(asks.node) if n.op_type == 'Sigmoid')
+    p = sigmoid.output[0]
+    sigmoid.output[0] = f'{p}_raw'
+    one = helper.make_node('Constant', [], [f'{p}_one'],
+                           value=numpy_helper.from_array(np.array(1.0, np.float32)))
+    asks.node.insert(k + 1, one)
+    asks.node.insert(k + 2, helper.make_node('Sub', [f'{p}_one', f'{p}_raw'], [p]))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    manifest = json.loads((export_dir / MANIFEST_NAME).read_text())
-    for unit in manifest['units']:
-        if unit['name'] == f'controller_{j}':
-            unit['sha256'] = sha256_file(path)
-    (export_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+    manifest = json.loads(m.manifest_path.read_text())
+    for u in manifest['units']:
+        if u['name'] == unit.name:
+            u['sha256'] = sha256_file(path)
+    m.manifest_path.write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +102,8 @@ def clean(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tampered(tmp_path_factory):
-    """A tiny model holding its export (model/onnx), with controller 1 inverted."""
+    """A tiny model holding its export (model/onnx, per segment), with controller 1
+    inverted."""
     root = tmp_path_factory.mktemp('tampered')
     model = build_random_model(root / 'model', TINY, seed=0, export=True)
     invert_controller(model / 'onnx', INVERTED)
@@ -105,13 +132,36 @@ def test_cpu_run_passes_cpu_lines_and_skips_gpu_lines_with_the_reason(clean):
         assert report['backends'] == ['torch', 'onnxruntime']
 
 
-def test_cpu_run_exports_and_checks_every_unit(clean):
+def segment_cases(layout):
+    """The names compare_segments gives its checks of every segment at every allow point."""
+    return {'embed', 'head'} | {f'segment_{k} {case}' for k, seg in enumerate(layout.segments)
+                                for case in [f'skip@{j}' for j in seg.dynamic] + ['full'] +
+                                (['decide'] if seg.dynamic else [])}
+
+
+def test_cpu_run_exports_and_checks_every_segment_at_every_allow_point(clean):
     out, _, report, checks, _ = clean
     manifest = Manifest.load(out / 'onnx')  # exported: the model held none
-    assert report['export'] == str(out / 'onnx')
-    units = checks['parity-onnxruntime']['data']['units']
-    assert set(units) == {u.name for u in manifest.units}
-    assert all(u['rel'] <= 1e-4 for u in units.values()), units
+    assert report['export'] == str(out / 'onnx') and manifest.granularity == 'segment'
+    assert checks['export']['data']['granularity'] == 'segment'
+    parity = checks['parity-onnxruntime']['data']
+    assert parity['granularity'] == 'segment'
+    assert set(parity['units']) == segment_cases(manifest.layout)
+    assert all(u['rel'] <= 1e-4 for u in parity['units'].values()), parity['units']
+
+
+def test_cpu_run_launches_each_segment_once_and_reads_once_per_step(clean):
+    out, _, _, checks, _ = clean
+    launches = checks['launches']
+    assert launches['status'] == 'PASS', launches['detail']
+    d = launches['data']['onnxruntime']
+    n = len(Manifest.load(out / 'onnx').layout.segments)
+    assert d['granularity'] == 'segment' and d['steps_off'] == []
+    assert d['reads'] == [1] * QUICK_STEPS
+    assert d['launches'] == d['expected_launches']
+    assert min(d['launches']) == n + 2  # embed, the segments, the head
+    verified = checks['decisions']['data']['steps_verified']
+    assert sum(x > n + 2 for x in d['launches']) == verified  # a verification re-launches
 
 
 def test_cpu_run_compares_decisions_step_by_step(clean):
@@ -136,10 +186,11 @@ def test_tampered_controller_fails_parity_and_decisions(tampered):
     assert rc == 1 and not report['ok']
     assert report['export'] == str(model / 'onnx')  # the export inside the model, as it is
     assert checks['export']['status'] == 'PASS' and '(present)' in checks['export']['detail']
+    # forced skips and full depth still match; deciding at the threshold, it skips elsewhere
     parity = checks['parity-onnxruntime']
-    assert parity['status'] == 'FAIL' and f'controller_{INVERTED}' in parity['detail']
-    beyond = {n for n, u in parity['data']['units'].items() if not u['rel'] <= 1e-4}
-    assert beyond == {f'controller_{INVERTED}'}
+    assert parity['status'] == 'FAIL', parity
+    segment = segment_holding(Manifest.load(model / 'onnx').layout, INVERTED)
+    assert parity['detail'].startswith(f'{segment} decide: skipped at '), parity
     decisions = checks['decisions']
     assert decisions['status'] == 'FAIL' and 'onnxruntime differs' in decisions['detail']
     assert decisions['data']['differing_steps']['onnxruntime'][0] == 0
@@ -171,26 +222,47 @@ def test_tensorrt_asked_for_but_absent_fails(tmp_path):
         assert '--backends tensorrt' in checks[name]['detail']
 
 
-def test_compare_runners_flags_the_unit_that_differs(tampered):
-    """compare_runners is what checks engines against ONNX Runtime on a GPU; here an ONNX
-    Runtime run of the clean export, torch tensors as hidden states (as TensorRT's are),
-    and the tampered export stand in for the engines."""
+def test_compare_export_flags_the_graph_that_differs(tampered, tmp_path):
+    """compare_export is what checks the engines on a GPU: here PyTorch's own segments with
+    torch tensors as hidden states (as TensorRT's are) stand in for them; ONNX Runtime on
+    the tampered export is refused by the segment that skips elsewhere; a per-unit export
+    is checked unit by unit."""
     model, _ = tampered
-    clean = model.parent / 'clean'
-    build_random_model(clean, TINY, seed=0, export=True)
-    ref = load_model('onnxruntime', clean / 'onnx', providers=['CPUExecutionProvider']).runner
-    manifest = Manifest.load(clean / 'onnx')
+    vla, dysl, guidance = load_torch_model(model)
+    manifest = Manifest.load(model / 'onnx')
     pixels, tokens = manifest.spec().prepare(
         next(check_device.trace_frames(TINY.cameras, TINY.image_size, 1)), 'pick up the block')
-    vla, dysl, _ = load_torch_model(clean)
     torch_runner = load_model('torch', (vla, dysl)).runner
-    checks = check_device.compare_runners(ref, torch_runner, manifest.layout, pixels, tokens,
-                                          torch.from_numpy, lambda t: t.numpy())
-    assert {c.unit for c in checks} == {u.name for u in manifest.units}
+    checks = check_device.compare_export(vla, dysl, torch_runner, pixels, tokens,
+                                         torch.from_numpy, lambda t: t.numpy())
+    assert {c.unit for c in checks} == segment_cases(manifest.layout)
     assert all(c.rel <= 1e-4 for c in checks), [c.describe() for c in checks]
     tampered_runner = load_model('onnxruntime', model / 'onnx').runner
-    checks = check_device.compare_runners(ref, tampered_runner, manifest.layout, pixels, tokens)
-    assert {c.unit for c in checks if c.rel > 1e-4} == {f'controller_{INVERTED}'}
+    segment = segment_holding(manifest.layout, INVERTED)
+    with pytest.raises(check_device.Failure, match=f'{segment} decide: skipped at'):
+        check_device.compare_export(vla, dysl, tampered_runner, pixels, tokens)
+    units, _ = export_model(vla, dysl, tmp_path / 'units', guidance, granularity='unit',
+                            check=False, progress=False)
+    checks = check_device.compare_export(vla, dysl, load_model('onnxruntime', units.directory)
+                                         .runner, pixels, tokens)
+    assert {c.unit for c in checks} == {u.name for u in units.units}
+    assert all(c.rel <= 1e-4 for c in checks), [c.describe() for c in checks]
+
+
+def test_launch_counts_follow_the_decisions(tmp_path):
+    """What the launches line expects of a runner of segments, step by step, on a model whose
+    steps skip and verify: one read, and embed + segments + head, again from the first
+    skipping segment when verified."""
+    vla, dysl = build_model()
+    manifest, _ = export_model(vla, dysl, tmp_path, GUIDANCE, check=False, progress=False)
+    counter = check_device._Launches(load_model('onnxruntime', tmp_path).runner)
+    policy = GuidedPolicy(counter, manifest.spec(), manifest.guidance_config())
+    verified = 0
+    for t, images in enumerate(observations(12)):
+        _, s = policy.step(images, INSTRUCTION)
+        assert counter.take() == (check_device.segment_launches(manifest.layout, s), 1), t
+        verified += s.verified
+    assert 0 < verified < 12
 
 
 def test_l4t_release(tmp_path):

@@ -1,6 +1,7 @@
 """The TensorRT engine cache without TensorRT: the key (every build setting and device
 property changes it), the engine files (a tampered or foreign engine is rebuilt or refused,
-never returned) and which layers an fp16 engine keeps in fp32 (found in our real ONNX units).
+never returned) and which layers an fp16 engine keeps in fp32 (found in our real ONNX graphs,
+per segment and per unit).
 
 What needs TensorRT itself (building, deserialising, the parsed network) is in
 test_tensorrt.py, which runs where TensorRT and a GPU are.
@@ -186,31 +187,61 @@ AS_TENSORRT = {'Pow': ('ELEMENTWISE', 'POW'), 'Mul': ('ELEMENTWISE', 'PROD'),
                'Constant': ('CONSTANT', '')}
 
 
-def onnx_layers(model: onnx.ModelProto) -> list[LayerView]:
-    return [LayerView(n.name, *AS_TENSORRT.get(n.op_type, (n.op_type.upper(), '')),
-                      tuple(n.input), tuple(n.output)) for n in model.graph.node]
+def onnx_layers(graph: onnx.GraphProto) -> list[LayerView]:
+    """Every node of `graph`, the nodes of its If branches included (TensorRT's parser puts
+    the layers of both branches of an IIfConditional in the network), as LayerViews."""
+    layers = []
+    for n in graph.node:
+        layers.append(LayerView(n.name, *AS_TENSORRT.get(n.op_type, (n.op_type.upper(), '')),
+                                tuple(n.input), tuple(n.output)))
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                layers.extend(onnx_layers(a.g))
+    return layers
 
 
 def pinned(model: onnx.ModelProto) -> list[str]:
-    layers = onnx_layers(model)
+    layers = onnx_layers(model.graph)
     return [layers[i].name.rsplit('/', 1)[-1] for i in norm_layers(layers)]
 
 
+def pinned_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    layers = onnx_layers(model.graph)
+    return [(layers[i].kind, layers[i].op) for i in norm_layers(layers)]
+
+
 RMS_CHAIN = ['Pow', 'ReduceMean', 'Add', 'Sqrt', 'Div', 'Mul']  # x * 1/sqrt(mean(x^2) + eps)
+# the same chain as the dynamo exporter writes it (segment graphs): x * reciprocal(sqrt(...))
+RMS_OPS = [('ELEMENTWISE', 'POW'), ('REDUCE', 'AVG'), ('ELEMENTWISE', 'SUM'), ('UNARY', 'SQRT'),
+           ('UNARY', 'RECIP'), ('ELEMENTWISE', 'PROD')]
 
 
 @pytest.fixture(scope='module')
-def units(tmp_path_factory):
+def exports(tmp_path_factory):
+    """The test model's graphs per granularity: {'segment' | 'unit': {unit name: ONNX}}."""
     torch.set_num_threads(1)
     vla, dysl = build_model()
-    manifest, _ = export_model(vla, dysl, tmp_path_factory.mktemp('export'), GUIDANCE,
-                               check=False, progress=False)
-    return {u.name: onnx.load(str(manifest.path(u))) for u in manifest.units}
+    out = {}
+    for granularity in ('segment', 'unit'):
+        manifest, _ = export_model(vla, dysl, tmp_path_factory.mktemp(granularity), GUIDANCE,
+                                   granularity=granularity, check=False, progress=False)
+        out[granularity] = {u.name: onnx.load(str(manifest.path(u))) for u in manifest.units}
+    return out
 
 
-def test_fp16_engines_keep_each_rmsnorm_in_fp32(units):
+def test_fp16_segment_engines_keep_each_rmsnorm_in_fp32(exports):
+    """A segment graph holds, in the branches of its conditionals, one RMSNorm per adapter and
+    per controller: exactly those chains are kept in fp32, nothing else."""
+    graphs = exports['segment']
+    for k, seg in enumerate(LAYOUT.segments):
+        assert pinned_ops(graphs[f'segment_{k}']) == RMS_OPS * (2 * len(seg.dynamic)), k
+    assert pinned(graphs['embed']) == [] and pinned(graphs['head']) == []
+
+
+def test_fp16_unit_engines_keep_each_rmsnorm_in_fp32(exports):
     """Adapters and controllers hold one RMSNorm each: exactly its chain is kept in fp32 (not
     the controller's mean over tokens, not the adapter's projections)."""
+    units = exports['unit']
     for j in LAYOUT.dynamic:
         for kind in ('adapter', 'controller'):
             assert pinned(units[f'{kind}_{j}']) == RMS_CHAIN, f'{kind}_{j}'

@@ -1,5 +1,6 @@
-"""Per-unit ONNX export + manifest, and ONNX Runtime against PyTorch: every unit, whole guided
-steps, the work the executor does, and refusal of tampered files."""
+"""ONNX export + manifest, per segment (the default) and per unit, and ONNX Runtime against
+PyTorch: every graph (a segment at every allow point), whole guided steps, the same decisions
+on both paths, the work the executor launches, and refusal of tampered files."""
 import argparse
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from dysl_ros.export import onnx_export
-from dysl_ros.export.onnx_export import compare_units, export_model
+from dysl_ros.export.onnx_export import compare_segments, compare_units, export_model
 from dysl_ros.guidance import GuidanceConfig
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
@@ -25,6 +26,7 @@ from dysl_ros.runtime.manifest import MANIFEST_NAME, Manifest, ManifestError
 from dysl_ros.runtime.onnx_runner import OnnxRunner
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner
+from dysl_ros.skipping import NO_SKIP
 
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 3, 6))
@@ -78,7 +80,6 @@ def _assert_close(got, ref, what, rtol=1e-4):
                                        f'{err.mean():.3g}, relative {err.max() / scale:.3g}')
 
 
-
 @pytest.fixture(autouse=True, scope='module')
 def one_torch_thread():
     """Tiny models gain nothing from threads, and threads stall on a busy machine."""
@@ -86,6 +87,7 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
 
 @pytest.fixture(scope='module')
 def model():
@@ -111,9 +113,48 @@ def export_dir(model_dir, tmp_path_factory):
     return out
 
 
-def test_manifest_describes_every_unit(model, export_dir):
+@pytest.fixture(scope='module')
+def unit_dir(model, tmp_path_factory):
+    """The per-unit export (--granularity unit)."""
     vla, dysl = model
+    out = tmp_path_factory.mktemp('units')
+    export_model(vla, dysl, out, GUIDANCE, granularity='unit', progress=False)
+    return out
+
+
+@pytest.fixture(params=['segment', 'unit'])
+def any_export(request, export_dir, unit_dir):
+    return export_dir if request.param == 'segment' else unit_dir
+
+
+def test_segment_manifest_holds_one_graph_per_segment(export_dir):
     m = Manifest.load(export_dir)
+    assert m.granularity == 'segment' and m.opset >= 18
+    assert [u.name for u in m.units] == ['embed', 'segment_0', 'segment_1', 'segment_2', 'head']
+    T, C = TINY.num_tokens, TINY.d_model
+    for k, seg in enumerate(LAYOUT.segments):
+        u = m.unit('segment', k)
+        assert u.layers == (seg.static, seg.end)
+        assert [(t.name, t.shape, t.dtype) for t in u.inputs] == [
+            ('hidden', (1, T, C), 'float32'), ('allow_from', (1,), 'int64'),
+            ('threshold', (1,), 'float32')]
+        assert [(t.name, t.shape, t.dtype) for t in u.outputs] == [
+            ('hidden_out', (1, T, C), 'float32'), ('skipped_at', (1,), 'int64')]
+        graph = onnx.load(str(m.path(u)))
+        onnx.checker.check_model(graph, full_check=True)
+        # the decisions are in the graph: one If per dynamic layer at the top level
+        assert [n.op_type for n in graph.graph.node].count('If') == 2 * len(seg.dynamic)
+    # each layer's weights are stored once, in the one segment that runs it
+    sizes = sum(m.path(u).stat().st_size for u in m.units if u.kind == 'segment')
+    assert sizes < 1.2 * 4 * sum(p.numel() for p in build_model()[0].blocks.parameters()) + 2e5
+    d = json.loads(m.manifest_path.read_text())
+    assert d['granularity'] == 'segment'
+    assert d['units'][1]['layers'] == [0, 3]
+
+
+def test_manifest_describes_every_unit(model, unit_dir):
+    vla, dysl = model
+    m = Manifest.load(unit_dir)
     names = {u.name for u in m.units}
     assert names == ({'embed', 'head'} | {f'layer_{i}' for i in range(8)}
                      | {f'{k}_{j}' for j in LAYOUT.dynamic for k in ('adapter', 'controller')})
@@ -139,9 +180,9 @@ def test_manifest_describes_every_unit(model, export_dir):
         assert model_proto.opset_import[0].version == m.opset
 
 
-def test_every_unit_matches_pytorch(model, export_dir):
+def test_every_unit_matches_pytorch(model, unit_dir):
     vla, dysl = model
-    runner = OnnxRunner(export_dir)
+    runner = OnnxRunner(unit_dir)
     spec = ModelSpec.from_model(vla, LAYOUT)
     for seed, images in enumerate(observations(2, seed=5)):
         pixels, tokens = spec.prepare(images, 'open the drawer' if seed else INSTRUCTION)
@@ -151,10 +192,54 @@ def test_every_unit_matches_pytorch(model, export_dir):
         assert not bad, f'units beyond relative error 1e-4: {bad}'
 
 
-def test_guided_steps_match_pytorch(model, export_dir):
+def test_every_segment_matches_pytorch_at_every_allow_point(model, export_dir):
+    vla, dysl = model
+    runner = OnnxRunner(export_dir)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    pixels, tokens = spec.prepare(observations(1, seed=5)[0], INSTRUCTION)
+    checks = compare_segments(vla, dysl, runner, pixels, tokens)
+    names = {c.unit for c in checks}
+    # forced to skip at each dynamic layer, at full depth, and deciding by itself
+    assert names == {'embed', 'head', 'segment_0 full', 'segment_0 skip@1',
+                     'segment_0 skip@2', 'segment_0 decide', 'segment_1 full',
+                     'segment_1 skip@4', 'segment_1 skip@5', 'segment_1 decide',
+                     'segment_2 full', 'segment_2 skip@7', 'segment_2 decide'}
+    bad = [c.describe() for c in checks if not c.rel <= 1e-4]
+    assert not bad, f'segments beyond relative error 1e-4: {bad}'
+    x = runner.embed(pixels, tokens)
+    out, record = runner.segment(0, x, 2, -1.0)  # forced: skips at its allow point
+    assert runner.read_skips([record]) == [2]
+    out, record = runner.segment(0, x, 3, -1.0)  # allow point at the end: full depth
+    assert runner.read_skips([record]) == [NO_SKIP]
+    with pytest.raises(RuntimeError, match="segment export has no graph 'layer_0'"):
+        runner.layer(0, x)
+
+
+def test_the_two_paths_decide_alike_on_torch_and_onnxruntime(model, export_dir, unit_dir):
+    """Per segment and per unit: the same skips, verifications and chunks, step by step."""
+    vla, dysl = model
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    policies = {'torch segments': GuidedPolicy(TorchRunner(vla, dysl), spec, GUIDANCE),
+                'torch units': GuidedPolicy(TorchRunner(vla, dysl, segments=False), spec,
+                                            GUIDANCE),
+                'ort segments': open_policy(export_dir, 'onnxruntime'),
+                'ort units': open_policy(unit_dir, 'onnxruntime')}
+    assert [p.runner.runs_segments for p in policies.values()] == [True, False, True, False]
+    keys = []
+    for t, images in enumerate(observations(16)):
+        out = {name: p.step(images, INSTRUCTION) for name, p in policies.items()}
+        (ref_chunk, ref_stats), *_ = out.values()
+        for name, (chunk, stats) in out.items():
+            assert _stats_key(stats) == _stats_key(ref_stats), f'step {t}: {name} differs'
+            _assert_close(chunk, ref_chunk, f'step {t} {name} chunk')
+        keys.append(_stats_key(ref_stats))
+    assert len({tuple(k[1]) for k in keys}) >= 3 and any(k[2] for k in keys), keys
+
+
+def test_guided_steps_match_pytorch(model, any_export):
     vla, dysl = model
     ref = GuidedPolicy(TorchRunner(vla, dysl), ModelSpec.from_model(vla, LAYOUT), GUIDANCE)
-    ort_policy = open_policy(export_dir, 'onnxruntime')
+    ort_policy = open_policy(any_export, 'onnxruntime')
     assert ort_policy.guidance.cfg == GUIDANCE
     keys = []
     for t, images in enumerate(observations(16)):
@@ -201,8 +286,8 @@ class Counting:
         self.inner.synchronize()
 
 
-def test_executor_runs_exactly_the_decided_units(export_dir):
-    loaded = load_model('onnxruntime', export_dir)
+def test_executor_runs_exactly_the_decided_units(unit_dir):
+    loaded = load_model('onnxruntime', unit_dir)
     counting = Counting(loaded.runner)
     policy = GuidedPolicy(counting, loaded.spec, loaded.guidance)
     for t, images in enumerate(observations(12)):
@@ -210,10 +295,12 @@ def test_executor_runs_exactly_the_decided_units(export_dir):
         _, s = policy.step(images, INSTRUCTION)
         calls = Counter(counting.calls)
         layers = Counter(i for kind, i in counting.calls if kind == 'layer')
-        # a verification resumes full depth at the pass's first skip (no layer run twice)
-        first = next((j for j in s.skipped_at if j is not None), 8)
+        # a verification re-runs full depth from the first segment that skipped
+        first = next((seg.static for seg, j in zip(LAYOUT.segments, s.skipped_at)
+                      if j is not None), 8)
         expected = Counter(s.layer_ids) + (Counter(range(first, 8)) if s.verified else Counter())
         assert layers == expected, f'step {t}: layers {layers} vs decided {expected}'
+        assert s.layers_run == sum(expected.values())
         skips = [j for j in s.skipped_at if j is not None]
         assert sorted(j for kind, j in counting.calls if kind == 'adapter') == skips
         # a controller is asked only from its segment's allow point up to the skip (one
@@ -226,20 +313,63 @@ def test_executor_runs_exactly_the_decided_units(export_dir):
         assert calls[('embed', None)] == 1 and calls[('head', None)] == 1 + s.verified
 
 
-def test_tampered_or_missing_unit_is_refused_by_name(export_dir, tmp_path):
+class CountingSegments(Counting):
+    """Records every launch and every read of skip positions of a segment runner."""
+
+    runs_segments = True
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.layout = inner.layout
+
+    def segment(self, k, x, allow_from, threshold):
+        self.calls.append(('segment', k))
+        return self.inner.segment(k, x, allow_from, threshold)
+
+    def read_skips(self, records):
+        self.calls.append(('read', len(records)))
+        return self.inner.read_skips(records)
+
+
+def test_segments_launch_once_each_and_read_once_per_step(export_dir):
+    loaded = load_model('onnxruntime', export_dir)
+    counting = CountingSegments(loaded.runner)
+    policy = GuidedPolicy(counting, loaded.spec, loaded.guidance)
+    n = len(LAYOUT.segments)
+    verified = 0
+    for t, images in enumerate(observations(12)):
+        counting.calls.clear()
+        _, s = policy.step(images, INSTRUCTION)
+        first = next((k for k, j in enumerate(s.skipped_at) if j is not None), n)
+        # embed + one launch per segment + head; a verification re-launches the segments
+        # from the first that skipped, and the head
+        expected = ([('embed', None)] + [('segment', k) for k in range(n)] + [('read', n)]
+                    + [('head', None)])
+        if s.verified:
+            expected += [('segment', k) for k in range(first, n)] + [('head', None)]
+            verified += 1
+        assert counting.calls == expected, f'step {t}: {counting.calls}'
+    assert 0 < verified < 12
+
+
+@pytest.mark.parametrize('changed, removed', [('layer_3', 'adapter_4'),
+                                               ('segment_1', 'segment_2')])
+def test_tampered_or_missing_unit_is_refused_by_name(export_dir, unit_dir, tmp_path, changed,
+                                                     removed):
+    source = unit_dir if changed.startswith('layer') else export_dir
     copy = tmp_path / 'export'
-    shutil.copytree(export_dir, copy)
-    path = copy / 'layer_3.onnx'
+    shutil.copytree(source, copy)
+    path = copy / f'{changed}.onnx'
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r'layer_3\.onnx.*sha256'):
+    with pytest.raises(ManifestError, match=rf'{changed}\.onnx.*sha256'):
         OnnxRunner(copy)
-    with pytest.raises(ManifestError, match='layer_3.onnx'):
+    with pytest.raises(ManifestError, match=f'{changed}.onnx'):
         Manifest.load(copy).verify()
-    (copy / 'adapter_4.onnx').unlink()
-    shutil.copy(export_dir / 'layer_3.onnx', path)
-    with pytest.raises(ManifestError, match=r'adapter_4\.onnx: missing'):
+    (copy / f'{removed}.onnx').unlink()
+    shutil.copy(source / f'{changed}.onnx', path)
+    with pytest.raises(ManifestError, match=rf'{removed}\.onnx: missing'):
         make_runner('onnxruntime', copy)
 
 
@@ -286,8 +416,8 @@ def test_runner_factory(model_dir, export_dir):
 
 def test_fused_controllers_match_pytorch(model, tmp_path):
     vla, dysl = model
-    manifest, checks = export_model(vla, dysl, tmp_path, GUIDANCE, fuse_controllers=True,
-                                    progress=False)
+    manifest, checks = export_model(vla, dysl, tmp_path, GUIDANCE, granularity='unit',
+                                    fuse_controllers=True, progress=False)
     assert not any(u.kind == 'controller' for u in manifest.units)
     assert {u.fused_controller for u in manifest.units if u.kind == 'layer'} - {None} == set(
         LAYOUT.dynamic)
@@ -305,13 +435,15 @@ def test_fused_controllers_match_pytorch(model, tmp_path):
         runner.controller(1, x)  # x is not layer 0's output
 
 
-def test_llama_backbone_exports_and_matches_pytorch(tmp_path):
-    """Hugging Face Llama decoder layers (rotary, causal SDPA) export unit by unit too."""
+@pytest.mark.parametrize('granularity', ['segment', 'unit'])
+def test_llama_backbone_exports_and_matches_pytorch(tmp_path, granularity):
+    """Hugging Face Llama decoder layers (rotary, causal SDPA) export too."""
     from dysl_ros.bench.scale import LlamaScale, build_llama
     vla, dysl = build_llama(LlamaScale('test', 3, 64, 4, 128, 'float32'), 'cpu')
-    manifest, checks = export_model(vla, dysl, tmp_path, GuidanceConfig(), progress=False)
+    manifest, checks = export_model(vla, dysl, tmp_path, GuidanceConfig(),
+                                    granularity=granularity, progress=False)
     assert manifest.num_tokens == 300 and manifest.layout.num_layers == 3
-    assert len(checks) == len(manifest.units)
+    assert manifest.granularity == granularity
     bad = [c.describe() for c in checks if not c.rel <= 1e-4]
     assert not bad, f'Llama units beyond relative error 1e-4: {bad}'
 

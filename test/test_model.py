@@ -10,7 +10,8 @@ from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, DySLConfig, VLA, VLAConfig, WordTokenizer
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
 from dysl_ros.model.llama import llama_blocks
-from dysl_ros.skipping import resume_full_depth
+from dysl_ros.model.segment import GRAPH, SegmentGraph
+from dysl_ros.skipping import HOST, NO_SKIP, UnitSegments, resume_full_depth, segment_pass
 
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 3, 6))
@@ -68,24 +69,70 @@ def test_forced_skip_runs_static_layers_and_adapters(vla):
     assert trace.skipped_at == [2, 5, None]
 
 
-def test_verification_resumes_full_depth_at_the_first_skip(vla):
+class _Recording:
+    """DySL's units, recording the layers run."""
+
+    def __init__(self, dysl):
+        self.dysl, self.ran = dysl, []
+
+    def layer(self, i, x):
+        self.ran.append(i)
+        return self.dysl.layer(i, x)
+
+    def adapter(self, j, x):
+        return self.dysl.adapter(j, x)
+
+    def controller(self, j, x):
+        return self.dysl.controller(j, x)
+
+
+def test_verification_resumes_full_depth_at_the_first_skipping_segment(vla):
     dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
     _randomise_adapters(dysl)
-    ran = []
-
-    def run_layer(i, x):
-        ran.append(i)
-        return dysl.run_layer(i, x)
-
+    units = _Recording(dysl)
     with torch.inference_mode():
         x0 = vla.embed(*_inputs(TINY))
         full, _ = dysl.forward_full(x0)
-        _, trace = dysl.forward_guided(x0, [2, 5, 8], force_skip=True)
+        _, trace = dysl.forward_guided(x0, [3, 5, 8], force_skip=True)  # segment 0 runs on
+        assert trace.skipped_at == [None, 5, None]
         with pytest.raises(ValueError, match='skipped nothing'):
-            resume_full_depth(dysl.forward_guided(x0)[1], 8, run_layer)
-        out, n = resume_full_depth(trace, 8, run_layer)
-    assert ran == [2, 3, 4, 5, 6, 7] and n == 6  # layers 0-1 ran before the first skip
+            resume_full_depth(dysl.forward_guided(x0)[1], LAYOUT, UnitSegments(units, LAYOUT))
+        out, n = resume_full_depth(trace, LAYOUT, UnitSegments(units, LAYOUT))
+    assert units.ran == [3, 4, 5, 6, 7] and n == 5  # segment 0 ran before the first skip
     assert torch.equal(out, full)
+
+
+def test_segment_module_decides_alike_on_the_host_and_as_a_graph(vla):
+    """SegmentGraph with host control flow and with torch.cond (what the export traces), at
+    every allow point: forced skips, full depth, and its controllers deciding."""
+    dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
+    _randomise_adapters(dysl)
+    asked = []
+    units = _Recording(dysl)
+    units.controller = lambda j, x: asked.append(j) or dysl.controller(j, x)
+    with torch.inference_mode():
+        x0 = vla.embed(*_inputs(TINY))
+        _, hiddens = dysl.forward_full(x0, collect=True)
+        for seg in LAYOUT.segments:
+            host = SegmentGraph(vla.blocks, dysl, seg, HOST)
+            graph = SegmentGraph(vla.blocks, dysl, seg, GRAPH)
+            x = hiddens[seg.static]
+            for allow in range(seg.static + 1, seg.end + 1):
+                for threshold in (-1.0, 0.5, 2.0):
+                    want, skipped = host(x, allow, threshold)
+                    got, record = graph(x, torch.tensor([allow]), torch.tensor([threshold]))
+                    assert int(record) == skipped, (seg, allow, threshold)
+                    assert torch.allclose(got, want, atol=1e-6)
+                    forced = threshold < 0 and allow < seg.end
+                    assert skipped == (allow if forced else NO_SKIP if threshold > 1 else skipped)
+                    # the host asks controllers from the allow point up to the skip only
+                    asked.clear()
+                    units.ran.clear()
+                    _, again = segment_pass(seg, x, allow, threshold, units)
+                    last = seg.end - 1 if again == NO_SKIP else again
+                    assert again == skipped and asked == list(range(allow, last + 1))
+                    assert units.ran == list(range(seg.static, last if again != NO_SKIP
+                                                   else seg.end))
 
 
 def test_soft_mix_is_adapter_at_p1_and_layers_at_p0(vla):

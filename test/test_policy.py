@@ -99,7 +99,7 @@ def test_skipping_steps_verify_at_onsets_with_a_full_depth_chunk(model):
         assert stats.skipped_at == [1, 4, 7] and stats.layer_ids == [0, 3, 6]
         if stats.verified:
             verified += 1
-            assert stats.layers_run == 3 + 7  # full depth resumed at layer 1, the first skip
+            assert stats.layers_run == 3 + 8  # full depth from segment 0, the first to skip
             np.testing.assert_allclose(chunk, _full_depth_chunk(vla, spec, images,
                                                                 'open the drawer'), atol=1e-6)
         else:

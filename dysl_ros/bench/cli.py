@@ -12,7 +12,7 @@ BENCHES = {
     'closed-loop': ('dysl_ros.bench.closed_loop',
                     'success rate, layers run and speedup in the simulation, per method'),
     'latency': ('dysl_ros.bench.latency',
-                'full depth vs DySL latency per backend, per-unit breakdown'),
+                'full depth vs DySL latency per backend, per-unit vs per-segment'),
     'ros-overhead': ('dysl_ros.nodes.overhead_bench',
                      'camera-to-chunk latency over ROS 2 against policy-only latency'),
     'soak': ('dysl_ros.nodes.soak_bench',

@@ -2,24 +2,26 @@
 
 A trace holds per step the allow points, where each segment skipped and whether the step was
 verified. Replaying drives the one policy executor (GuidedPolicy) with the recorded
-decisions: the controllers still run (their cost and their host synchronisation are paid)
-but their answer is the recorded one, and the guidance still updates on every chunk (its
-cost is paid) but the allow points and the verification come from the trace. That is how a
-backbone with random weights is timed as if it were trained.
+decisions through the same inputs a segment graph takes: each segment's allow point is its
+recorded skip (its end when it ran through) and the threshold is below any probability, so
+the controller at the recorded skip says skip (it runs, its cost is paid; those between the
+recorded allow point and the skip are not asked). The guidance still updates on every chunk
+(its cost is paid) but the verification comes from the trace. That is how a backbone with
+random weights is timed as if it were trained, per unit or per segment alike.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..guidance import Guidance, GuidanceConfig
 from ..layout import Layout
 from ..runtime.policy import GuidedPolicy, ModelSpec, StepStats
-from ..runtime.runner import Runner, RunnerWrapper
+from ..runtime.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,11 @@ class Decision:
 
 def layers_run(layout: Layout, d: Decision) -> int:
     """Backbone layers a step with decision d runs (a verified step adds full depth from its
-    first skip on: skipping.resume_full_depth)."""
+    first skipping segment on: skipping.resume_full_depth)."""
     n = sum((seg.end if j is None else j) - seg.static
             for seg, j in zip(layout.segments, d.skipped_at))
-    first = next((j for j in d.skipped_at if j is not None), layout.num_layers)
+    first = next((seg.static for seg, j in zip(layout.segments, d.skipped_at)
+                  if j is not None), layout.num_layers)
     return n + (layout.num_layers - first if d.verified else 0)
 
 
@@ -146,11 +149,16 @@ class _ReplayGuidance:
 
     def __init__(self, cursor: _Cursor, cfg: GuidanceConfig, spec: ModelSpec):
         self.cursor = cursor
-        self.real = Guidance(cfg, [(s.static, s.end) for s in spec.layout.segments])
+        self.segments = spec.layout.segments
+        self.real = Guidance(cfg, [(s.static, s.end) for s in self.segments])
 
     @property
     def allow_points(self) -> np.ndarray:
-        return np.array(self.cursor.decision.allow_points, dtype=np.int64)
+        """Per segment its recorded skip, or its end: with a threshold below any probability
+        the walk skips exactly there."""
+        d = self.cursor.decision
+        return np.array([seg.end if j is None else j
+                         for seg, j in zip(self.segments, d.skipped_at)], dtype=np.int64)
 
     def is_onset(self, chunk: np.ndarray) -> bool:
         self.real.is_onset(chunk)
@@ -168,19 +176,6 @@ class _ReplayGuidance:
         self.cursor.t = 0
 
 
-class _ReplayRunner(RunnerWrapper):
-    """Runs every unit for real; a controller's answer is the trace's (1.0 skip, 0.0 run)."""
-
-    def __init__(self, inner: Runner, cursor: _Cursor, layout: Layout):
-        super().__init__(inner)
-        self.cursor = cursor
-        self._segment = {j: k for k, seg in enumerate(layout.segments) for j in seg.dynamic}
-
-    def controller(self, j: int, x: Any) -> float:
-        self.inner.controller(j, x)
-        return 1.0 if self.cursor.decision.skipped_at[self._segment[j]] == j else 0.0
-
-
 def replay_policy(trace: DecisionTrace, runner: Runner, spec: ModelSpec,
                   guidance: GuidanceConfig = GuidanceConfig(), profile: bool = False
                   ) -> GuidedPolicy:
@@ -189,10 +184,22 @@ def replay_policy(trace: DecisionTrace, runner: Runner, spec: ModelSpec,
     if trace.layout != spec.layout:
         raise ValueError(f'trace layout {trace.layout.to_dict()} differs from the model\'s '
                          f'{spec.layout.to_dict()}')
-    if spec.skip_threshold >= 1.0:
-        raise ValueError('replay needs a skip threshold below 1')
-    cursor = _Cursor(trace)
-    policy = GuidedPolicy(_ReplayRunner(runner, cursor, spec.layout), spec, guidance,
-                          profile=profile)
-    policy.guidance = _ReplayGuidance(cursor, guidance, spec)
-    return policy
+    return _ReplayPolicy(_Cursor(trace), runner, spec, guidance, profile)
+
+
+class _ReplayPolicy(GuidedPolicy):
+    """Steps whose statistics report the trace's allow points (not the forcing ones)."""
+
+    def __init__(self, cursor: _Cursor, runner: Runner, spec: ModelSpec,
+                 guidance: GuidanceConfig, profile: bool):
+        super().__init__(runner, spec, guidance, profile=profile)
+        self.cursor = cursor
+        self.guidance = _ReplayGuidance(cursor, guidance, spec)
+        self.threshold = -1.0  # every asked controller skips: at the allow point it is given
+
+    def step(self, images: Mapping[str, np.ndarray], instruction: str
+             ) -> tuple[np.ndarray, StepStats]:
+        recorded = self.cursor.decision.allow_points
+        chunk, stats = super().step(images, instruction)
+        stats.allow_points = list(recorded)
+        return chunk, stats

@@ -1,18 +1,28 @@
-"""`python -m dysl_ros export`: a DySL model -> per-unit ONNX graphs + manifest.json.
+"""`python -m dysl_ros export`: a DySL model -> ONNX graphs + manifest.json.
 
-Units: the embedder, every backbone layer (static and dynamic alike), every adapter, every
-controller (or, with --fuse-controllers, controller j inside the graph of layer j - 1, whose
-output it reads) and the head. Batch 1, static shapes, opset 18 by default, each graph
-`onnx.checker`-clean (full check). The TorchScript exporter (dynamo=False) is used: it gives
-clean static graphs for both our blocks and Hugging Face Llama layers, and needs no
-onnxscript. Each unit is exported on its own, so blocks that share a class never share a
-graph. After export every unit is run through ONNX Runtime, from the manifest, on the same
-input as PyTorch and compared (fp32: relative error <= 1e-4).
+Per segment (the default): the embedder, one graph per static segment and the head. A
+segment graph is model.segment.SegmentGraph: (hidden, allow_from, threshold) -> (hidden_out,
+skipped_at), its skip decisions in-graph (ONNX `If`, written by the dynamo exporter from
+torch.cond; opset >= 18). A runtime launches one graph per segment and reads the skip
+positions once per step. Every layer is in exactly one segment: no weight is duplicated.
+
+Per unit (--granularity unit, for debugging): the embedder, every backbone layer, every
+adapter, every controller (or, with --fuse-controllers, controller j inside the graph of
+layer j - 1, whose output it reads) and the head, each with the TorchScript exporter
+(dynamo=False: clean static graphs for our blocks and Hugging Face Llama layers alike).
+
+Batch 1, static shapes, each graph `onnx.checker`-clean (full check). After export every
+graph is run through ONNX Runtime, from the manifest, on the same input as PyTorch and
+compared (fp32: relative error <= 1e-4): a segment at every allow point, each forced to skip
+there and once at full depth, with the same skip position as PyTorch.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +37,10 @@ from tqdm import tqdm
 from ..paths import default_model_dir
 from ..guidance import GuidanceConfig
 from ..model.dysl import DySL
-from ..runtime.manifest import (MANIFEST_NAME, Manifest, TensorSpec, Unit, guidance_config,
-                                sha256_file, unit_name)
+from ..model.segment import SegmentGraph
+from ..runtime.manifest import (GRANULARITIES, MANIFEST_NAME, Manifest, TensorSpec, Unit,
+                                guidance_config, sha256_file, unit_name)
+from ..skipping import NO_SKIP
 
 DEFAULT_OPSET = 18
 DEFAULT_MODEL = default_model_dir()
@@ -90,8 +102,24 @@ class UnitCheck:
                 f'relative {self.rel:.3g}')
 
 
+class _Segment(nn.Module):
+    """A SegmentGraph whose hidden output keeps the model dtype and whose inputs are
+    (1,)-shaped: hidden, allow_from int64, threshold float32 -> hidden_out, skipped_at."""
+
+    def __init__(self, segment: SegmentGraph):
+        super().__init__()
+        self.segment = segment  # not 'graph': torch.fx's GraphModule has that attribute
+
+    def forward(self, x: torch.Tensor, allow_from: torch.Tensor, threshold: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.segment(x, allow_from, threshold)
+
+
 def _export_graph(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str],
                   outputs: Sequence[str], opset: int) -> None:
+    if isinstance(module, _Segment):  # in-graph conditionals: only the dynamo exporter
+        _export_dynamo(module, args, path, inputs, outputs, opset)
+        return
     with warnings.catch_warnings():
         # dynamo=False is deliberate (see the module docstring); its deprecation notice and
         # tracer remarks about Python values frozen into static shapes are expected.
@@ -101,6 +129,38 @@ def _export_graph(module: nn.Module, args: tuple, path: Path, inputs: Sequence[s
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(inputs), output_names=list(outputs),
                           do_constant_folding=True)
+
+
+def _export_dynamo(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str],
+                   outputs: Sequence[str], opset: int) -> None:
+    if opset < 18:
+        raise ExportError(f'opset {opset}: segment graphs need opset >= 18 (ONNX If from '
+                          'torch.cond through the dynamo exporter)')
+    loggers = [logging.getLogger(n) for n in ('torch.onnx', 'onnxscript', 'onnx_ir')]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:  # progress lines and optimiser remarks on stdout and in the log: keep output readable
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                        input_names=list(inputs), output_names=list(outputs),
+                                        verbose=False)
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+    proto = program.model_proto  # built anew on each access
+    _strip_metadata(proto.graph)  # the source stack trace of every node: half the file
+    onnx.save(proto, str(path))
+
+
+def _strip_metadata(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ''
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _strip_metadata(a.g)
 
 
 def _tensor_specs(values: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
@@ -118,7 +178,7 @@ def _tensor_specs(values: Sequence[Any], path: Path) -> tuple[TensorSpec, ...]:
 
 def _write_unit(module: nn.Module, args: tuple, out_dir: Path, kind: str, index: Optional[int],
                 inputs: Sequence[str], outputs: Sequence[str], opset: int,
-                fused: Optional[int] = None) -> Unit:
+                fused: Optional[int] = None, layers: Optional[tuple[int, int]] = None) -> Unit:
     name = unit_name(kind, index)
     path = out_dir / f'{name}.onnx'
     try:
@@ -129,7 +189,8 @@ def _write_unit(module: nn.Module, args: tuple, out_dir: Path, kind: str, index:
         raise ExportError(f'unit {name} ({path}): {type(e).__name__}: {e}') from e
     return Unit(name=name, kind=kind, index=index, file=path.name, sha256=sha256_file(path),
                 inputs=_tensor_specs(model.graph.input, path),
-                outputs=_tensor_specs(model.graph.output, path), fused_controller=fused)
+                outputs=_tensor_specs(model.graph.output, path), fused_controller=fused,
+                layers=layers)
 
 
 def sample_inputs(vla: nn.Module, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,16 +204,24 @@ def sample_inputs(vla: nn.Module, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 
 def export_model(vla: nn.Module, dysl: DySL, out_dir: Path | str,
-                 guidance: GuidanceConfig | dict, *, opset: int = DEFAULT_OPSET,
-                 fuse_controllers: bool = False, check: bool = True,
-                 rtol: Optional[float] = None, seed: int = 0,
+                 guidance: GuidanceConfig | dict, *, granularity: str = 'segment',
+                 opset: int = DEFAULT_OPSET, fuse_controllers: bool = False,
+                 check: bool = True, rtol: Optional[float] = None, seed: int = 0,
                  progress: bool = True) -> tuple[Manifest, list[UnitCheck]]:
-    """Export every unit of (vla, dysl) into out_dir, write the manifest, check parity.
+    """Export (vla, dysl) into out_dir, per segment or per unit; write the manifest, check
+    parity.
 
     `vla` is the default VLA or anything shaped like it (embed, blocks, head, cfg,
-    tokenizer, action_mean/std). Returns the manifest and, with check, one UnitCheck per
-    unit; a unit beyond the tolerance raises ExportError naming it with its errors.
+    tokenizer, action_mean/std). Returns the manifest and, with check, the UnitChecks (per
+    unit; per segment and allow point); a graph beyond the tolerance, or a segment that
+    skips elsewhere than PyTorch, raises ExportError naming it.
     """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f'granularity={granularity!r} is invalid: expected one of '
+                         f'{GRANULARITIES}')
+    if fuse_controllers and granularity != 'unit':
+        raise ValueError('fuse_controllers applies to per-unit exports (granularity=\'unit\'); '
+                         'a segment graph holds its controllers already')
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not isinstance(guidance, GuidanceConfig):
@@ -175,24 +244,37 @@ def export_model(vla: nn.Module, dysl: DySL, out_dir: Path | str,
     fused = set(layout.dynamic) if fuse_controllers else set()
 
     hidden, out = ('hidden',), ('hidden_out',)
-    # (module, example inputs, kind, index, input names, output names, fused controller)
+    # (module, example inputs, kind, index, input names, output names, fused controller,
+    #  segment layers)
     graphs: list[tuple] = [(embed, (images, tokens), 'embed', None, ('images', 'tokens'),
-                            hidden, None)]
-    for i in range(layout.num_layers):
-        if i + 1 in fused:
-            graphs.append((_LayerAndController(vla.blocks[i], dysl.controllers[str(i + 1)]),
-                           (hiddens[i],), 'layer', i, hidden, out + ('prob',), i + 1))
-        else:
-            graphs.append((vla.blocks[i], (hiddens[i],), 'layer', i, hidden, out, None))
-    for j in layout.dynamic:
-        graphs.append((dysl.adapters[str(j)], (hiddens[j],), 'adapter', j, hidden, out, None))
-        if j not in fused:
-            graphs.append((_Float(dysl.controllers[str(j)]), (hiddens[j],), 'controller', j,
-                           hidden, ('prob',), None))
-    graphs.append((_Float(vla.head), (hiddens[-1],), 'head', None, hidden, ('chunk',), None))
-    units = [_write_unit(m, args, out_dir, kind, index, ins, outs, opset, f)
-             for m, args, kind, index, ins, outs, f in tqdm(
-                 graphs, desc='export', unit='unit', disable=not progress, leave=False)]
+                            hidden, None, None)]
+    if granularity == 'segment':
+        threshold = torch.tensor([dysl.cfg.skip_threshold], dtype=torch.float32)
+        for k, seg in enumerate(layout.segments):
+            allow = torch.tensor([seg.static + 1], dtype=torch.int64)
+            graphs.append((_Segment(SegmentGraph(vla.blocks, dysl, seg)),
+                           (hiddens[seg.static], allow, threshold), 'segment', k,
+                           hidden + ('allow_from', 'threshold'), out + ('skipped_at',), None,
+                           (seg.static, seg.end)))
+    else:
+        for i in range(layout.num_layers):
+            if i + 1 in fused:
+                graphs.append((_LayerAndController(vla.blocks[i], dysl.controllers[str(i + 1)]),
+                               (hiddens[i],), 'layer', i, hidden, out + ('prob',), i + 1, None))
+            else:
+                graphs.append((vla.blocks[i], (hiddens[i],), 'layer', i, hidden, out, None,
+                               None))
+        for j in layout.dynamic:
+            graphs.append((dysl.adapters[str(j)], (hiddens[j],), 'adapter', j, hidden, out,
+                           None, None))
+            if j not in fused:
+                graphs.append((_Float(dysl.controllers[str(j)]), (hiddens[j],), 'controller',
+                               j, hidden, ('prob',), None, None))
+    graphs.append((_Float(vla.head), (hiddens[-1],), 'head', None, hidden, ('chunk',), None,
+                   None))
+    units = [_write_unit(m, args, out_dir, kind, index, ins, outs, opset, f, layers)
+             for m, args, kind, index, ins, outs, f, layers in tqdm(
+                 graphs, desc='export', unit='graph', disable=not progress, leave=False)]
     cfg = vla.cfg
     manifest = Manifest(
         directory=out_dir, units=tuple(units), layout=layout, cameras=cfg.cameras,
@@ -205,13 +287,16 @@ def export_model(vla: nn.Module, dysl: DySL, out_dir: Path | str,
         skip_threshold=dysl.cfg.skip_threshold, guidance=dataclasses.asdict(guidance),
         precision=_DTYPE[dtype], opset=opset,
         exporter={'torch': torch.__version__, 'onnx': onnx.__version__,
-                  'exporter': 'torch.onnx.export(dynamo=False)'})
+                  'exporter': ('torch.onnx.export(dynamo=True), segments: torch.cond -> If'
+                               if granularity == 'segment'
+                               else 'torch.onnx.export(dynamo=False)')})
     manifest.save()
     checks: list[UnitCheck] = []
     if check:
         from ..runtime.onnx_runner import OnnxRunner
         runner = OnnxRunner(manifest, providers=['CPUExecutionProvider'])
-        checks = compare_units(vla, dysl, runner, images.cpu().numpy(), tokens.cpu().numpy())
+        compare = compare_segments if granularity == 'segment' else compare_units
+        checks = compare(vla, dysl, runner, images.cpu().numpy(), tokens.cpu().numpy())
         bound = RTOL[manifest.precision] if rtol is None else rtol
         bad = [c for c in checks if not c.rel <= bound]
         if bad:
@@ -264,6 +349,44 @@ def compare_units(vla: nn.Module, dysl: DySL, runner: Any, images: np.ndarray,
     return checks
 
 
+@torch.no_grad()
+def compare_segments(vla: nn.Module, dysl: DySL, runner: Any, images: np.ndarray,
+                     tokens: np.ndarray,
+                     to_hidden: Callable[[np.ndarray], Any] = lambda a: a,
+                     to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> list[UnitCheck]:
+    """Every segment graph of `runner` against PyTorch (SegmentGraph on the host) at every
+    allow point: forced to skip at each dynamic layer (threshold -1), at full depth, and at
+    the model's threshold from the first dynamic layer. Each input is PyTorch's full-depth
+    hidden state at the segment's static layer. A segment that skips elsewhere than PyTorch
+    raises ExportError; the numbers are returned as UnitChecks ('segment_k skip@j', ...)."""
+    from ..skipping import HOST
+    param = next(vla.blocks.parameters())
+    x0 = _Embed(vla.embed, param.dtype)(torch.from_numpy(images).to(param.device),
+                                        torch.from_numpy(tokens).to(param.device))
+    _, hiddens = dysl.forward_full(x0, collect=True)
+    checks = [_errors('embed', to_numpy(runner.embed(images, tokens)), x0.cpu().numpy())]
+    threshold = float(dysl.cfg.skip_threshold)
+    for k, seg in enumerate(dysl.layout.segments):
+        reference = SegmentGraph(vla.blocks, dysl, seg, HOST)
+        cases = {f'skip@{j}': (j, -1.0) for j in seg.dynamic}
+        cases['full'] = (seg.end, threshold)
+        if seg.dynamic:
+            cases['decide'] = (seg.static + 1, threshold)
+        for case, (allow, thr) in cases.items():
+            name = f'{unit_name("segment", k)} {case}'
+            want, want_skip = reference(hiddens[seg.static], allow, thr)
+            got, record = runner.segment(k, to_hidden(hiddens[seg.static].cpu().numpy()),
+                                         allow, thr)
+            got_skip = runner.read_skips([record])[0]
+            if got_skip != want_skip:
+                raise ExportError(f'{name}: skipped at {got_skip}, PyTorch at {want_skip} '
+                                  f'({NO_SKIP}: none)')
+            checks.append(_errors(name, to_numpy(got), want.cpu().numpy()))
+    ref = vla.head(hiddens[-1]).float()[0].cpu().numpy()
+    checks.append(_errors('head', runner.head(to_hidden(hiddens[-1].cpu().numpy())), ref))
+    return checks
+
+
 # -- command line ------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,9 +400,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'calibrated layout) instead of --model: a smoke run')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset (default {DEFAULT_OPSET})')
+    parser.add_argument('--granularity', choices=GRANULARITIES, default='segment',
+                        help='one graph per static segment, skip decisions in-graph (default), '
+                             'or one per unit: layer, adapter, controller (for debugging)')
     parser.add_argument('--fuse-controllers', action='store_true',
-                        help='put controller j in the graph of layer j - 1 (one graph less per '
-                             'dynamic layer; the probability is then computed on every pass)')
+                        help='with --granularity unit: put controller j in the graph of layer '
+                             'j - 1 (one graph less per dynamic layer; the probability is then '
+                             'computed on every pass)')
     parser.add_argument('--no-check', action='store_true',
                         help='skip the ONNX Runtime vs PyTorch parity check')
     parser.add_argument('--rtol', type=float, default=None,
@@ -308,15 +435,21 @@ def run(args: argparse.Namespace) -> int:
         source = str(args.model)
     out = args.out or Path(args.model) / 'onnx'
     try:
-        manifest, checks = export_model(vla, dysl, out, guidance, opset=args.opset,
+        manifest, checks = export_model(vla, dysl, out, guidance,
+                                        granularity=args.granularity, opset=args.opset,
                                         fuse_controllers=args.fuse_controllers,
                                         check=not args.no_check, rtol=args.rtol,
                                         seed=args.seed)
-    except ExportError as e:
+    except (ExportError, ValueError) as e:
         print(f'export failed: {e}')
         return 1
-    by_unit = {c.unit: c for c in checks}
-    print(f'exported {source}: {len(manifest.units)} units, opset {manifest.opset}, '
+    by_unit: dict[str, UnitCheck] = {}  # the worst check of each graph
+    for c in checks:
+        name = c.unit.split(' ')[0]
+        if name not in by_unit or c.rel > by_unit[name].rel:
+            by_unit[name] = c
+    print(f'exported {source}: {len(manifest.units)} {manifest.granularity} graphs, '
+          f'opset {manifest.opset}, '
           f'{manifest.precision}, layout static {list(manifest.layout.static)} '
           f'of {manifest.layout.num_layers}')
     print(f'{"unit":<15} {"inputs":<40} {"outputs":<28} {"rel err":>9}')

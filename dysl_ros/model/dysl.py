@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import Layout
-from ..skipping import SkipTrace, walk_segments
+from ..skipping import SkipTrace, UnitSegments, walk_segments
 from .config import DySLConfig
 from .parts import TrainableParts
 
@@ -104,9 +104,9 @@ class DySL(TrainableParts):
         """
         if x.shape[0] != 1:
             raise ValueError(f'guided inference takes batch 1, got batch {x.shape[0]}')
-        prob = (lambda j, h: 1.0) if force_skip else self.skip_prob
-        return walk_segments(x, self.layout, self.run_layer, prob, self.adapt,
-                             allow_points, self.cfg.skip_threshold)
+        threshold = -1.0 if force_skip else self.cfg.skip_threshold  # -1: every p skips
+        return walk_segments(x, self.layout, UnitSegments(self, self.layout), allow_points,
+                             threshold)
 
     def forward_soft(self, x: torch.Tensor, picks: Sequence[Optional[int]]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +133,13 @@ class DySL(TrainableParts):
 
     # -- units, as every backend has them --------------------------------------------------
 
-    def run_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[i](x)
 
-    def adapt(self, j: int, x: torch.Tensor) -> torch.Tensor:
+    def adapter(self, j: int, x: torch.Tensor) -> torch.Tensor:
         return self.adapters[str(j)](x)
 
-    def skip_prob(self, j: int, x: torch.Tensor) -> float:
+    def controller(self, j: int, x: torch.Tensor) -> float:
         return float(self.controllers[str(j)](x)[0])
 
     # -- parameters ------------------------------------------------------------------------

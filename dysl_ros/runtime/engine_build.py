@@ -1,4 +1,4 @@
-"""TensorRT engines from ONNX units: the build settings and the build (TensorRT 10 API).
+"""TensorRT engines from ONNX graphs: the build settings and the build (TensorRT 10 API).
 
 Builds parse the ONNX bytes that were just checked against the manifest, log every input
 and output, fail loudly with the parser's errors, report progress through an
@@ -6,6 +6,8 @@ IProgressMonitor, and share one persisted timing cache per TensorRT version and 
 fp16 is the default precision (I/O tensors keep the ONNX dtypes); in fp16 engines the
 RMSNorm chains (square, mean, + eps, sqrt / reciprocal, the normalising product) stay in
 fp32 under OBEY_PRECISION_CONSTRAINTS, since squaring a large fp16 activation overflows.
+A segment graph's `If` nodes become IIfConditionals whose branch layers are layers of the
+network too: its adapters' and controllers' RMSNorms are found and pinned there alike.
 
 The engine cache (runtime/engine_cache.py) builds through build_engine when an engine is
 missing or stale; `python -m dysl_ros engines` (export/tensorrt_build.py) fills it ahead of
@@ -255,7 +257,7 @@ def apply_settings(trt: Any, config: Any, settings: BuildSettings) -> None:
 
 def build_engine(onnx_bytes: bytes, name: str, settings: BuildSettings, timing_cache: Path,
                  log: Log = print) -> bytes:
-    """Parse one ONNX unit and build a serialised engine (the plan bytes) with `settings`."""
+    """Parse one ONNX graph and build a serialised engine (the plan bytes) with `settings`."""
     trt = require_tensorrt()
     logger = trt_logger(log)
     builder = trt.Builder(logger)

@@ -1,19 +1,20 @@
 """The TensorRT engine cache: engines keyed by what they were built from, on disk.
 
-One engine per unit, cached as `<cache>/<unit>.<digest>.engine` with a sidecar
-`<unit>.<digest>.json` holding the key and the engine's sha256. The key (EngineKey) is
-everything the plan depends on, as plain values: the unit's ONNX sha256, the TensorRT
-version, the build recipe of this code (BUILD_RECIPE), the device (GPU name, compute
-capability, SM count, total memory: every Orin reports 'Orin' and 8.7, so the SM count
-and memory tell a Nano from an NX or an AGX) and every builder setting (BuildSettings:
-precision, flags set and cleared, workspace limit, optimisation level, which layers are
-kept in fp32). An engine is never used on another TensorRT, device, build recipe or
-settings, or for another ONNX file. A lookup that misses says why (which key field
-differs from the engines that are there); a corrupt engine (sha256 mismatch, or TensorRT
-refuses to deserialise it) is rebuilt (runtime/engine_build.py) when building is allowed,
-and refused with a message naming the file and the command to run otherwise. Nothing
-reaches the first inference unchecked. The files themselves (EngineStore) and the key are
-plain Python, testable without TensorRT.
+One engine per ONNX graph of the manifest, whatever its kind (per segment export: embed,
+segment_<k> with its conditionals, head; per unit export: every layer, adapter, controller),
+cached as `<cache>/<unit>.<digest>.engine` with a sidecar `<unit>.<digest>.json` holding the
+key and the engine's sha256. The key (EngineKey) is everything the plan depends on, as
+plain values: the graph's ONNX sha256, the TensorRT version, the build recipe of this code
+(BUILD_RECIPE), the device (GPU name, compute capability, SM count, total memory: every Orin
+reports 'Orin' and 8.7, so the SM count and memory tell a Nano from an NX or an AGX) and
+every builder setting (BuildSettings: precision, flags set and cleared, workspace limit,
+optimisation level, which layers are kept in fp32). An engine is never used on another
+TensorRT, device, build recipe or settings, or for another ONNX file. A lookup that misses
+says why (which key field differs from the engines that are there); a corrupt engine (sha256
+mismatch, or TensorRT refuses to deserialise it) is rebuilt (runtime/engine_build.py) when
+building is allowed, and refused with a message naming the file and the command to run
+otherwise. Nothing reaches the first inference unchecked. The files themselves
+(EngineStore) and the key are plain Python, testable without TensorRT.
 
 `python -m dysl_ros engines --export DIR` (export/tensorrt_build.py) builds them ahead of
 time (on the robot: once per JetPack / TensorRT upgrade). The device identity comes from
@@ -203,7 +204,7 @@ class EngineCache:
         return self.store.lookup(unit.name, key)
 
     def engine(self, runtime: Any, unit: Unit, build: bool = True) -> tuple[Any, Path]:
-        """A deserialised ICudaEngine for `unit` (cached, or built when allowed)."""
+        """A deserialised ICudaEngine for `unit`, any kind (cached, or built when allowed)."""
         onnx_bytes = self.manifest.read(unit)  # the ONNX file still matches its sha256
         key = self.key(unit)
         engine_path, _ = self.paths(unit, key)

@@ -25,7 +25,8 @@ from .policy import ModelSpec
 
 FORMAT = 1
 MANIFEST_NAME = 'manifest.json'
-KINDS = ('embed', 'layer', 'adapter', 'controller', 'head')
+KINDS = ('embed', 'layer', 'adapter', 'controller', 'segment', 'head')
+GRANULARITIES = ('segment', 'unit')  # one graph per static segment, or per unit (debugging)
 DTYPES = ('float32', 'float16', 'int64', 'int32')
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 _FILE = re.compile(r'^[A-Za-z0-9_.-]+$')
@@ -49,7 +50,7 @@ def sha256_file(path: Path) -> str:
 
 
 def unit_name(kind: str, index: Optional[int] = None) -> str:
-    """'embed', 'head', or '<kind>_<index>' ('layer_3', 'adapter_4', 'controller_4')."""
+    """'embed', 'head', or '<kind>_<index>' ('layer_3', 'adapter_4', 'segment_1')."""
     if kind not in KINDS:
         raise ValueError(f'kind={kind!r} is invalid: expected one of {KINDS}')
     if kind in ('embed', 'head'):
@@ -95,7 +96,8 @@ class TensorSpec:
 @dataclass(frozen=True)
 class Unit:
     """One exported graph. A layer unit with `fused_controller = j` also outputs the skip
-    probability of controller j (= layer + 1) computed on the layer's output."""
+    probability of controller j (= layer + 1) computed on the layer's output. A segment
+    unit (index k) runs layers [static, end) of segment k (model.segment.SegmentGraph)."""
 
     name: str
     kind: str
@@ -105,9 +107,15 @@ class Unit:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     fused_controller: Optional[int] = None
+    layers: Optional[tuple[int, int]] = None  # a segment's [static, end)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'inputs', tuple(self.inputs))
+        if self.layers is not None:
+            object.__setattr__(self, 'layers', tuple(int(i) for i in self.layers))
+        if (self.kind == 'segment') != (self.layers is not None):
+            raise ValueError(f'unit {self.name}: layers={self.layers!r}: a segment unit, and '
+                             'only a segment unit, names its layers [static, end)')
         object.__setattr__(self, 'outputs', tuple(self.outputs))
         if self.name != unit_name(self.kind, self.index):
             raise ValueError(f'unit name={self.name!r} does not fit kind={self.kind!r} '
@@ -128,17 +136,20 @@ class Unit:
         return {'name': self.name, 'kind': self.kind, 'index': self.index, 'file': self.file,
                 'sha256': self.sha256, 'inputs': [t.to_dict() for t in self.inputs],
                 'outputs': [t.to_dict() for t in self.outputs],
-                'fused_controller': self.fused_controller}
+                'fused_controller': self.fused_controller,
+                'layers': None if self.layers is None else list(self.layers)}
 
     @classmethod
     def from_dict(cls, d: dict) -> 'Unit':
         index = d.get('index')
         fused = d.get('fused_controller')
+        layers = d.get('layers')
         return cls(str(d['name']), str(d['kind']), None if index is None else int(index),
                    str(d['file']), str(d['sha256']),
                    tuple(TensorSpec.from_dict(t) for t in d['inputs']),
                    tuple(TensorSpec.from_dict(t) for t in d['outputs']),
-                   None if fused is None else int(fused))
+                   None if fused is None else int(fused),
+                   None if layers is None else tuple(layers))
 
 
 @dataclass(frozen=True)
@@ -181,12 +192,27 @@ class Manifest:
         missing = [n for n in self.required_units() if n not in set(names)]
         if missing:
             raise ValueError(f'units {missing} are missing for layout {self.layout.to_dict()}')
+        for u in self.units:
+            if u.kind == 'segment':
+                seg = self.layout.segments[u.index] if u.index < len(self.layout.segments) \
+                    else None
+                if seg is None or u.layers != (seg.static, seg.end):
+                    raise ValueError(f'unit {u.name} runs layers {u.layers}, the layout\'s '
+                                     f'segment {u.index} is {seg}')
         guidance_config(self.guidance)  # validated here, once
 
     # -- units --------------------------------------------------------------------------
 
+    @property
+    def granularity(self) -> str:
+        """'segment' (one graph per static segment) or 'unit' (one per unit)."""
+        return 'segment' if any(u.kind == 'segment' for u in self.units) else 'unit'
+
     def required_units(self) -> list[str]:
         """Names every export of this layout must hold (a fused controller counts as held)."""
+        if self.granularity == 'segment':
+            return ['embed', 'head'] + [unit_name('segment', k)
+                                        for k in range(len(self.layout.segments))]
         fused = {u.fused_controller for u in self.units if u.fused_controller is not None}
         names = ['embed', 'head'] + [unit_name('layer', i) for i in range(self.layout.num_layers)]
         for j in self.layout.dynamic:
@@ -254,6 +280,7 @@ class Manifest:
     def to_dict(self) -> dict:
         return {
             'format': FORMAT,
+            'granularity': self.granularity,  # derived from the units; for readers
             'precision': self.precision,
             'opset': self.opset,
             'exporter': dict(self.exporter),

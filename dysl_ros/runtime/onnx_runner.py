@@ -1,4 +1,4 @@
-"""ONNX Runtime runner: one InferenceSession per exported unit; hidden states are numpy."""
+"""ONNX Runtime runner: one InferenceSession per exported graph; hidden states are numpy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +20,8 @@ def default_providers() -> list[str]:
 
 
 class OnnxRunner:
-    """Runs the units of an export (a Manifest or its path) with ONNX Runtime.
+    """Runs the graphs of an export (a Manifest or its path) with ONNX Runtime: whole
+    segments (`segment`) for a per-segment export, units for a per-unit one.
 
     Every unit file is checked against the manifest's sha256 as it is loaded (from the same
     bytes that are hashed), and every session's inputs and outputs against the manifest.
@@ -64,10 +65,26 @@ class OnnxRunner:
         self._fused_prob: Optional[tuple[int, np.ndarray, np.ndarray]] = None
         embed = self.manifest.unit('embed')
         self._embed_inputs = {t.name: t for t in embed.inputs}
+        self.layout = self.manifest.layout
+        self.runs_segments = self.manifest.granularity == 'segment'
 
     def _run(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        if name not in self._sessions:
+            raise RuntimeError(f'{self.manifest.manifest_path}: a {self.manifest.granularity} '
+                               f'export has no graph {name!r}')
         sess, in_names, out_names = self._sessions[name]
         return sess.run(out_names, dict(zip(in_names, inputs)))
+
+    def segment(self, k: int, x: np.ndarray, allow_from: int, threshold: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Segment k in one launch -> (output, skipped_at (1,) int64)."""
+        out, skipped = self._run(unit_name('segment', k), x,
+                                 np.array([allow_from], np.int64),
+                                 np.array([threshold], np.float32))
+        return out, skipped
+
+    def read_skips(self, records: Sequence[np.ndarray]) -> list[int]:
+        return [int(r[0]) for r in records]
 
     def embed(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         for arr, key in ((images, 'images'), (tokens, 'tokens')):

@@ -4,7 +4,8 @@ One control step (dysl-method.md section 2):
   1. allow points come from the last continuity change (pre-skip prediction)
   2. embed -> segment walk (static layers always; controllers from P_k on) -> head
   3. if anything was skipped and the chunk is the onset of a continuity drop: re-predict at
-     full depth from the same embedding, and keep that chunk (post-skip verification)
+     full depth from the input of the first segment that skipped, and keep that chunk
+     (post-skip verification)
   4. push the chunk into the continuity ring buffer (moves the allow points)
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..guidance import Guidance, GuidanceConfig
 from ..layout import Layout
 from ..model.processing import preprocess_images
 from ..model.tokenizer import WordTokenizer
-from ..skipping import resume_full_depth, walk_segments
+from ..skipping import as_segments, resume_full_depth, walk_segments
 from .runner import Runner
 
 if TYPE_CHECKING:
@@ -113,16 +114,25 @@ class Policy(Protocol):
 class GuidedPolicy:
     """DySL inference over any runner. skipping=False runs full depth (the teacher).
 
+    A runner of segments gets one launch per segment and one read of the skip positions
+    per step; a runner of units is walked unit by unit (skipping.as_segments).
+    `threshold` is the controllers' threshold (the model's, unless a caller moves it).
+
     StepStats.latency_ms holds the step's wall time ('total'); profile=True adds the time
-    of each stage, synchronising the runner at every stage boundary (benchmarks only: in
-    production a controller's probability is the only host synchronisation per unit).
+    of each stage, synchronising the runner at every stage boundary (benchmarks only).
     """
 
     def __init__(self, runner: Runner, spec: ModelSpec, guidance: GuidanceConfig,
                  skipping: bool = True, profile: bool = False):
+        runs_segments = getattr(runner, 'runs_segments', False)
+        layout = getattr(runner, 'layout', spec.layout) if runs_segments else spec.layout
+        if layout != spec.layout:
+            raise ValueError(f'the runner\'s segments {layout.to_dict()} differ from the '
+                             f'model\'s layout {spec.layout.to_dict()}')
         self.runner = runner
         self.spec = spec
         self.skipping = skipping
+        self.threshold = spec.skip_threshold
         self.profile = profile  # per-stage latency (a device sync per stage); else total only
         segments = [(s.static, s.end) for s in spec.layout.segments]
         self.guidance = Guidance(guidance, segments)
@@ -138,15 +148,15 @@ class GuidedPolicy:
         t.lap('prepare')
         x = r.embed(pixels, tokens)
         t.lap('embed')
-        x, trace = walk_segments(x, self.spec.layout, r.layer, r.controller, r.adapter,
-                                 allow, self.spec.skip_threshold)
+        layout, segments = self.spec.layout, as_segments(r, self.spec.layout)
+        x, trace = walk_segments(x, layout, segments, allow, self.threshold)
         t.lap('backbone')
         chunk = check_finite(r.head(x))  # before the guidance sees it
         t.lap('head')
         layers_run = len(trace.layers_run)
         verified = trace.skipped and self.guidance.is_onset(chunk)
         if verified:  # post-skip verification: full depth from where the pass first skipped
-            x, extra = resume_full_depth(trace, self.spec.layout.num_layers, r.layer)
+            x, extra = resume_full_depth(trace, layout, segments)
             chunk = check_finite(r.head(x))
             layers_run += extra
             t.lap('verify')

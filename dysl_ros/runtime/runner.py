@@ -1,4 +1,5 @@
-"""The runner protocol: how a backend runs one unit. Nothing else is backend-specific."""
+"""The runner protocol: how a backend runs one unit, or one whole segment. Nothing else is
+backend-specific; the skip logic is `dysl_ros.skipping`'s."""
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -11,9 +12,14 @@ class Runner(Protocol):
 
     Hidden states are opaque to callers (a torch tensor, a device buffer, ...); only the
     runner creates and consumes them. Outputs of `head` are owned by the caller.
+
+    A runner with `runs_segments = True` (absent means False) also is a skipping.SegmentRunner (`segment`,
+    `read_skips`): the policy then launches whole segments; otherwise it walks the units.
+    A per-segment export has no unit graphs: its runner's layer/adapter/controller raise.
     """
 
     name: str
+    runs_segments: bool
 
     def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
         """(1, N, 3, S, S) float32, (1, L) int64 -> hidden state."""
@@ -36,7 +42,10 @@ class Runner(Protocol):
 
 class RunnerWrapper:
     """A runner passed through: every unit goes to `inner`; a subclass overrides the units it
-    changes or watches (counting calls, replaying decisions, random coins, ...)."""
+    changes or watches (counting calls, random coins, ...). It walks units, so that its
+    overrides apply: `inner` must run units."""
+
+    runs_segments = False
 
     def __init__(self, inner: Runner, name: str = ''):
         self.inner = inner

@@ -6,16 +6,25 @@ One line per check, PASS / FAIL / SKIP (with the reason), and a JSON report (--j
   versions        L4T, CUDA, TensorRT, torch, numpy, onnx, ONNX Runtime (FAIL: one missing
                   that export or the runtimes need)
   gpu             name, SM count, compute capability, memory
-  export          the model's ONNX export: <model>/onnx when it holds one, else made in
-                  <out>/onnx
-  parity-onnxruntime    every unit on ONNX Runtime (CPU) against PyTorch (export's bound)
+  export          the model's ONNX export: <model>/onnx when it holds one (per segment or
+                  per unit), else made per segment in <out>/onnx
+  parity-onnxruntime    every graph on ONNX Runtime (CPU) against PyTorch (CPU), within the
+                  export's bound (compare_export): per segment, every segment at every
+                  allow point (forced to skip at each dynamic layer, full depth, deciding
+                  at the threshold), FAIL when one skips elsewhere than PyTorch; per unit,
+                  every unit
   engines-fp32/-fp16    TensorRT engines built (or loaded from --engine-cache), with times
-  parity-tensorrt-fp32/-fp16  every engine against ONNX Runtime (CPU), relative error per
-                  unit <= 1e-3 (fp32), 3e-2 (fp16)
+  parity-tensorrt-fp32/-fp16  the same for the engines, relative error <= 1e-3 (fp32),
+                  3e-2 (fp16)
   decisions       the same seeded frames (trace_frames: no simulator) through PyTorch on
                   the CPU (the reference, saved as <out>/trace.json) and every other
                   backend, fp32 and fp16 engines alike: per-step layer ids, skips,
                   verification, allow points
+  launches        per exported backend over the decisions' steps: graphs launched and host
+                  reads of skip decisions per step. Per segment: FAIL unless every step
+                  reads once and launches embed, each segment and the head (a verified step:
+                  again the segments from the first that skipped, and the head); per unit:
+                  reported (a read per controller asked)
   latency         full depth vs DySL per backend, fraction of ideal (bench latency's
                   measurement); FAIL below 0.5 of ideal (the bench's target is 0.9), not
                   judged with --quick
@@ -27,6 +36,18 @@ One line per check, PASS / FAIL / SKIP (with the reason), and a JSON report (--j
 
 GPU lines SKIP, saying why, where tensorrt does not import or torch sees no CUDA GPU; a
 backend named in --backends that cannot run FAILs. Exit status 0 when nothing FAILed, else 1.
+
+The JSON report: command, dysl_ros version, time, host, model, out, export (its directory or
+null), backends, backend_problems (backend -> why it cannot run), quick, ok (no FAIL) and
+checks: per check its name, status, detail (the screen line), seconds and data, e.g.
+  export          directory, granularity ('segment' or 'unit'), graphs, seconds
+  parity-*        tolerance, against, granularity, units: per UnitCheck (a unit, or
+                  'segment_<k> <case>' with case skip@<j>, full or decide) max_abs,
+                  mean_abs, rel
+  decisions       steps, trace, steps_skipping, steps_verified, mean_layers_run,
+                  min_controller_margin, differing_steps (label -> steps), reference
+  launches        per label: granularity, launches and reads per step, expected_launches
+                  (per segment; null per unit), steps_off (steps not as expected)
 """
 from __future__ import annotations
 
@@ -48,7 +69,7 @@ import numpy as np
 from ..runtime.loading import BACKENDS  # numpy only: safe before the checks
 from ..runtime.runner import RunnerWrapper
 
-TRT_TOLERANCE = {'fp32': 1e-3, 'fp16': 3e-2}  # engine vs ONNX Runtime (CPU), relative
+TRT_TOLERANCE = {'fp32': 1e-3, 'fp16': 3e-2}  # engine vs PyTorch (CPU), relative
 MIN_FRACTION_OF_IDEAL = 0.5  # DySL backbone vs full depth x layer fraction
 MAX_GROWTH_MIB = 20.0  # memory growth over configure / cleanup cycles 2 and 3
 CYCLES = 3
@@ -166,37 +187,82 @@ def backend_problems() -> dict[str, str]:
     return problems
 
 
-def compare_runners(ref: Any, runner: Any, layout: Any, pixels: np.ndarray,
-                    tokens: np.ndarray, to_hidden: Callable[[np.ndarray], Any] = lambda a: a,
-                    to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> list:
-    """Every unit of `runner` against `ref` (a runner with numpy hidden states, e.g. ONNX
-    Runtime) on ref's own full-depth hidden states; one UnitCheck per unit."""
-    from ..export.onnx_export import _errors
-    h = [ref.embed(pixels, tokens)]
-    for i in range(layout.num_layers):
-        h.append(ref.layer(i, h[i]))
+def compare_export(vla: Any, dysl: Any, runner: Any, pixels: np.ndarray, tokens: np.ndarray,
+                   to_hidden: Callable[[np.ndarray], Any] = lambda a: a,
+                   to_numpy: Callable[[Any], np.ndarray] = np.asarray) -> list:
+    """Every graph of `runner` against PyTorch (vla, dysl) on the same input, one UnitCheck
+    per case: a runner of segments at every allow point, with PyTorch's skip positions
+    (compare_segments; one that skips elsewhere raises Failure naming it), else every unit
+    (compare_units). to_hidden / to_numpy: numpy <-> the runner's hidden states."""
+    from ..export.onnx_export import ExportError, compare_segments, compare_units
+    compare = compare_segments if getattr(runner, 'runs_segments', False) else compare_units
+    try:
+        return compare(vla, dysl, runner, pixels, tokens, to_hidden, to_numpy)
+    except ExportError as e:
+        raise Failure(str(e)) from None
 
-    def prob(r: Any, j: int, conv: Callable) -> np.ndarray:
-        if j in getattr(r, 'fused', {}):  # computed by the graph of layer j - 1
-            return np.array([r.controller(j, r.layer(j - 1, conv(h[j - 1])))])
-        return np.array([r.controller(j, conv(h[j]))])
 
-    checks = [_errors('embed', to_numpy(runner.embed(pixels, tokens)), h[0])]
-    for i in range(layout.num_layers):
-        checks.append(_errors(f'layer_{i}', to_numpy(runner.layer(i, to_hidden(h[i]))),
-                              h[i + 1]))
-    for j in layout.dynamic:
-        checks.append(_errors(f'adapter_{j}', to_numpy(runner.adapter(j, to_hidden(h[j]))),
-                              ref.adapter(j, h[j])))
-        checks.append(_errors(f'controller_{j}', prob(runner, j, to_hidden),
-                              prob(ref, j, lambda a: a)))
-    checks.append(_errors('head', runner.head(to_hidden(h[-1])), ref.head(h[-1])))
-    return checks
+def segment_launches(layout: Any, stats: Any) -> int:
+    """Graphs a step launches on a runner of segments: embed, every segment, the head; a
+    verified step again the segments from the first that skipped, and the head."""
+    n = len(layout.segments)
+    first = next((k for k, j in enumerate(stats.skipped_at) if j is not None), n)
+    return n + 2 + ((n - first + 1) if stats.verified else 0)
+
+
+class _Launches(RunnerWrapper):
+    """A runner passed through (a runner of segments stays one), counting the graphs it
+    launches and its host reads of skip decisions: read_skips of a runner of segments, or
+    each controller asked on a unit walk (its probability comes to the host; a controller
+    fused into the layer before it launches nothing)."""
+
+    def __init__(self, inner: Any):
+        super().__init__(inner)
+        self.runs_segments = getattr(inner, 'runs_segments', False)
+        self.layout = getattr(inner, 'layout', None)
+        self.launches = self.reads = 0
+
+    def take(self) -> tuple[int, int]:
+        """(launches, reads) since the last take."""
+        counts = (self.launches, self.reads)
+        self.launches = self.reads = 0
+        return counts
+
+    def embed(self, images: np.ndarray, tokens: np.ndarray) -> Any:
+        self.launches += 1
+        return self.inner.embed(images, tokens)
+
+    def segment(self, k: int, x: Any, allow_from: int, threshold: float) -> tuple[Any, Any]:
+        self.launches += 1
+        return self.inner.segment(k, x, allow_from, threshold)
+
+    def read_skips(self, records: Any) -> list[int]:
+        self.reads += 1
+        return self.inner.read_skips(records)
+
+    def layer(self, i: int, x: Any) -> Any:
+        self.launches += 1
+        return self.inner.layer(i, x)
+
+    def adapter(self, j: int, x: Any) -> Any:
+        self.launches += 1
+        return self.inner.adapter(j, x)
+
+    def controller(self, j: int, x: Any) -> float:
+        self.launches += j not in getattr(self.inner, 'fused', {})
+        self.reads += 1
+        return self.inner.controller(j, x)
+
+    def head(self, x: Any) -> np.ndarray:
+        self.launches += 1
+        return self.inner.head(x)
 
 
 class _Margins(RunnerWrapper):
-    """A runner passed through, recording |skip probability - threshold| of every
-    controller call: how close the reference came to deciding the other way."""
+    """A runner of units passed through, recording |skip probability - threshold| of every
+    controller call: how close the reference came to deciding the other way. Wrap the
+    PyTorch reference walked by units (TorchRunner(segments=False)): the same skip logic
+    on the host as its segments, so it decides as they do, with each probability in view."""
 
     def __init__(self, inner: Any, threshold: float):
         super().__init__(inner)
@@ -244,6 +310,9 @@ class DeviceCheck:
         self.ort_cpu: Any = None
         self.runners: dict[str, Any] = {}  # backend label -> runner, for the later checks
         self.runner_mib: dict[str, float] = {}
+        # exported backend label -> (runs segments, (launches, reads) and stats per
+        # decisions step)
+        self.launch_counts: dict[str, tuple[bool, list[tuple[int, int]], list[Any]]] = {}
         self.fastest: Optional[str] = None
         self.results: list[dict] = []
 
@@ -261,7 +330,8 @@ class DeviceCheck:
             ('engines-fp16', lambda: self.engines('fp16')),
             ('parity-tensorrt-fp32', lambda: self.parity_tensorrt('fp32')),
             ('parity-tensorrt-fp16', lambda: self.parity_tensorrt('fp16')),
-            ('decisions', self.decisions), ('latency', self.latency),
+            ('decisions', self.decisions), ('launches', self.launches),
+            ('latency', self.latency),
             ('device-memory', self.device_memory), ('finite-steps', self.finite_steps),
             ('configure-cleanup', self.configure_cleanup)]
         try:
@@ -389,32 +459,34 @@ class DeviceCheck:
                           f'differs from the model\'s {list(self.dysl.layout.static)}; '
                           're-export (python -m dysl_ros export)')
         self.manifest = manifest
-        return 'PASS', (f'{how}: {len(manifest.units)} units, {manifest.precision}, opset '
-                        f'{manifest.opset}'), {'directory': str(manifest.directory),
-                                               'units': len(manifest.units),
-                                               'seconds': time.perf_counter() - t0}
+        return 'PASS', (f'{how}: {len(manifest.units)} graphs per {manifest.granularity}, '
+                        f'{manifest.precision}, opset {manifest.opset}'), {
+            'directory': str(manifest.directory), 'granularity': manifest.granularity,
+            'graphs': len(manifest.units), 'seconds': time.perf_counter() - t0}
 
     def _parity(self, checks: list, bound: float, against: str) -> tuple:
         bad = [c for c in checks if not c.rel <= bound]  # NaN is beyond any bound
         worst = max(checks, key=lambda c: c.rel if np.isfinite(c.rel) else np.inf)
-        data = {'tolerance': bound, 'against': against,
+        granularity = self.manifest.granularity
+        data = {'tolerance': bound, 'against': against, 'granularity': granularity,
                 'units': {c.unit: {'max_abs': c.max_abs, 'mean_abs': c.mean_abs, 'rel': c.rel}
                           for c in checks}}
         if bad:
-            return 'FAIL', (f'{len(bad)} of {len(checks)} units beyond relative {bound:g} of '
-                            f'{against}: ' + '; '.join(c.describe() for c in bad[:3])), data
-        return 'PASS', (f'{len(checks)} units within relative {bound:g} of {against} (worst '
-                        f'{worst.unit} {worst.rel:.1e})'), data
+            return 'FAIL', (f'{len(bad)} of {len(checks)} {granularity} checks beyond relative '
+                            f'{bound:g} of {against}: ' +
+                            '; '.join(c.describe() for c in bad[:3])), data
+        return 'PASS', (f'{len(checks)} {granularity} checks within relative {bound:g} of '
+                        f'{against} (worst {worst.unit} {worst.rel:.1e})'), data
 
     def parity_onnxruntime(self) -> tuple:
-        from ..export.onnx_export import RTOL, compare_units
+        from ..export.onnx_export import RTOL
         from ..runtime.loading import load_model
         self._need_export()
         if 'onnxruntime' in self.problems:
             raise Skip(self.problems['onnxruntime'])
         self.ort_cpu = load_model('onnxruntime', self.manifest.directory,
                                   providers=['CPUExecutionProvider']).runner
-        checks = compare_units(self.vla, self.dysl, self.ort_cpu, *self._sample())
+        checks = compare_export(self.vla, self.dysl, self.ort_cpu, *self._sample())
         return self._parity(checks, RTOL[self.manifest.precision], 'PyTorch (CPU)')
 
     def engines(self, precision: str) -> tuple:
@@ -448,8 +520,6 @@ class DeviceCheck:
         runner = self.runners.get(f'tensorrt-{precision}')
         if runner is None:
             raise Skip(f'no {precision} engines (see engines-{precision})')
-        if self.ort_cpu is None:
-            raise Skip('no ONNX Runtime reference (see parity-onnxruntime)')
 
         def to_hidden(a: np.ndarray) -> Any:
             t = torch.from_numpy(np.ascontiguousarray(a)).cuda()
@@ -460,9 +530,9 @@ class DeviceCheck:
             runner.synchronize()
             return t.float().cpu().numpy()
 
-        checks = compare_runners(self.ort_cpu, runner, self.manifest.layout, *self._sample(),
-                                 to_hidden, to_numpy)
-        return self._parity(checks, TRT_TOLERANCE[precision], 'ONNX Runtime (CPU)')
+        checks = compare_export(self.vla, self.dysl, runner, *self._sample(), to_hidden,
+                                to_numpy)
+        return self._parity(checks, TRT_TOLERANCE[precision], 'PyTorch (CPU)')
 
     def _labels(self, precisions: tuple[str, ...]) -> list[str]:
         """The selected backends that are ready: torch ('torch-cuda' on a GPU), onnxruntime
@@ -492,13 +562,14 @@ class DeviceCheck:
                                        else load_model(label, self.manifest.directory).runner)
         return self.runners[label]
 
-    def _policy(self, label: str) -> Any:
-        """DySL on a label's runner, with the spec and guidance that backend loads."""
+    def _policy(self, label: str, runner: Any = None) -> Any:
+        """DySL on a label's runner (or `runner`, wrapping it), with the spec and guidance
+        that backend loads."""
         from ..runtime.policy import GuidedPolicy
+        runner = self._runner(label) if runner is None else runner
         if label.startswith('torch'):
-            return GuidedPolicy(self._runner(label), self.spec, self.guidance)
-        return GuidedPolicy(self._runner(label), self.manifest.spec(),
-                            self.manifest.guidance_config())
+            return GuidedPolicy(runner, self.spec, self.guidance)
+        return GuidedPolicy(runner, self.manifest.spec(), self.manifest.guidance_config())
 
     def decisions(self) -> tuple:
         from ..bench.trace import DecisionTrace
@@ -507,7 +578,8 @@ class DeviceCheck:
         labels = [k for k in self._labels(('fp32', 'fp16')) if k != 'torch']
         if not labels:
             raise Skip('no backend to compare with the PyTorch (CPU) reference')
-        probe = _Margins(TorchRunner(self.vla, self.dysl), self.spec.skip_threshold)
+        probe = _Margins(TorchRunner(self.vla, self.dysl, segments=False),
+                         self.spec.skip_threshold)
         reference = GuidedPolicy(probe, self.spec, self.guidance)
         ref = [reference.step(f, INSTRUCTION)[1] for f in self.frames]
         trace_path = self.out / 'trace.json'
@@ -515,8 +587,14 @@ class DeviceCheck:
                                  f'{len(ref)} seeded frames').save(trace_path)
         differ: dict[str, list[int]] = {}
         for label in labels:
-            policy = self._policy(label)
-            steps = [policy.step(f, INSTRUCTION)[1] for f in self.frames]
+            counter = _Launches(self._runner(label))
+            policy = self._policy(label, counter)
+            steps, counts = [], []
+            for f in self.frames:
+                steps.append(policy.step(f, INSTRUCTION)[1])
+                counts.append(counter.take())
+            if not label.startswith('torch'):
+                self.launch_counts[label] = (counter.runs_segments, counts, steps)
             differ[label] = [t for t, (a, b) in enumerate(zip(ref, steps))
                              if _decision(a) != _decision(b)]
         L = self.spec.layout.num_layers
@@ -539,6 +617,29 @@ class DeviceCheck:
                             if same else '') + f'; nearest controller margin {margin:.1e}'), data
         note = '' if skipping else ' (no step skipped: full-depth walks only)'
         return 'PASS', f'{head}: identical on {", ".join(same)}{note}', data
+
+    def launches(self) -> tuple:
+        if not self.launch_counts:
+            raise Skip('no exported backend ran the decisions\' steps (see decisions)')
+        data, parts, bad = {}, [], []
+        for label, (per_segment, counts, steps) in self.launch_counts.items():
+            launches, reads = (list(c) for c in zip(*counts))
+            expected = ([segment_launches(self.manifest.layout, s) for s in steps]
+                        if per_segment else None)
+            off = [t for t, c in enumerate(counts) if c != (expected[t], 1)] if expected else []
+            data[label] = {'granularity': 'segment' if per_segment else 'unit',
+                           'launches': launches, 'reads': reads, 'expected_launches': expected,
+                           'steps_off': off}
+            parts.append(f'{label} {np.mean(launches):.1f} launches, {np.mean(reads):.1f} '
+                         f'reads per step ({data[label]["granularity"]}s)')
+            if off:
+                t = off[0]
+                bad.append(f'{label} at {len(off)} steps (first {t}: {launches[t]} launches, '
+                           f'{reads[t]} reads; expected {expected[t]}, 1)')
+        detail = f'{len(self.frames)} steps: ' + '; '.join(parts)
+        if bad:
+            return 'FAIL', f'{detail}; not as decided: ' + '; '.join(bad), data
+        return 'PASS', detail, data
 
     def latency(self) -> tuple:
         import torch

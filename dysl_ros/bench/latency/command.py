@@ -13,12 +13,10 @@ import torch
 from ...runtime.loading import BACKENDS
 from ..scale import SCALES
 from ..trace import Decision, DecisionTrace
-from .measure import measure
-from .report import format_table
-from .runners import available_backends, subject_runner
+from .measure import measure_paths
+from .report import format_breakdown, format_table, format_targets, targets
+from .runners import available_backends, not_run, path_runners
 from .subjects import build_subject
-
-TARGET = 0.9  # fraction of ideal the DySL backbone should reach
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch and ONNX Runtime (default 0: all cores)')
     parser.add_argument('--export', type=Path, default=None,
-                        help='export directory to reuse or fill (default: a temporary one)')
+                        help='export directory to reuse or fill: DIR/units and DIR/segments, '
+                             'or DIR itself for the granularity of its manifest (default: a '
+                             'temporary one)')
     parser.add_argument('--engine-cache', type=Path, default=None,
                         help='TensorRT engine cache (default: <export>/engines)')
     parser.add_argument('--precision', choices=('fp16', 'fp32'), default='fp16',
@@ -62,15 +62,19 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     subject = build_subject(args)
     backends = args.backends or available_backends(subject)
-    results: dict[str, dict] = {}
+    notes = subject.notes + not_run(subject, backends)
+    results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix='dysl-bench-') as tmp:
         for backend in backends:
-            runner = subject_runner(backend, subject, args, Path(tmp))
-            results[backend] = measure(runner, subject, args.repeats, args.unit_repeats)
-            if hasattr(runner, 'close'):
-                runner.close()
-    first = next(iter(results.values()))
-    same = {name: r['decisions'] == first['decisions'] for name, r in results.items()}
+            runners = path_runners(backend, subject, args, Path(tmp), notes)
+            results[backend] = measure_paths(runners, subject, args.repeats, args.unit_repeats)
+            for runner in runners.values():
+                if hasattr(runner, 'close'):
+                    runner.close()
+    runs = {f'{b} {p}': r for b, paths in results.items() for p, r in paths.items()}
+    first = next(iter(runs.values()))
+    same = {name: r['decisions'] == first['decisions'] for name, r in runs.items()}
+    verdict = targets(results, subject.spec.layout)
     cpu = platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     device = (torch.cuda.get_device_name(0) if subject.device == 'cuda'
@@ -78,36 +82,36 @@ def run(args: argparse.Namespace) -> int:
     device += f', load average {load:.1f} (other processes make timings noisy)'
     print(f'latency: {subject.description}')
     print(f'device: {device}; {len(subject.observations)} observations x {args.repeats} '
-          f'repeats per mode, modes interleaved step by step')
-    for note in subject.notes:
+          f'repeats per path and mode, interleaved step by step')
+    for note in notes:
         print(f'note: {note}')
     print(format_table(results))
+    print()
+    print(format_breakdown(results))
     if not all(same.values()):
-        print(f'WARNING: DySL decisions differ between backends: {same}')
+        print(f'WARNING: DySL decisions differ between backends and paths: {same}')
     else:
-        print(f'DySL decisions identical across {", ".join(results)}')
-    unstable = [n for n, r in results.items() if not r['decisions_repeat_exactly']]
+        print(f'DySL decisions identical across {", ".join(runs)}')
+    unstable = [n for n, r in runs.items() if not r['decisions_repeat_exactly']]
     if unstable:
-        print(f'WARNING: decisions changed between passes on {unstable}; the breakdown '
-              'assumes they repeat')
-    verdict = ', '.join(f'{n} {r["fraction_of_ideal"]["backbone"]:.2f} '
-                        f'({"met" if r["fraction_of_ideal"]["backbone"] >= TARGET else "missed"})'
-                        for n, r in results.items())
-    print(f'target: DySL backbone at >= {TARGET} of ideal: {verdict}')
+        print(f'WARNING: decisions changed between passes on {unstable}; the counts and the '
+              'breakdown assume they repeat')
+    print(format_targets(verdict))
     if args.save_trace:
         decisions = [Decision(tuple(d['allow_points']), tuple(d['skipped_at']), d['verified'])
                      for d in first['decisions']]
         DecisionTrace(subject.spec.layout, decisions,
-                      f'{next(iter(results))} run of {subject.description}').save(args.save_trace)
+                      f'{next(iter(runs))} run of {subject.description}').save(args.save_trace)
         print(f'decision trace written to {args.save_trace}')
     if args.json:
         Path(args.json).write_text(json.dumps({
-            'model': subject.description, 'device': device, 'notes': subject.notes,
+            'model': subject.description, 'device': device, 'notes': notes,
             'config': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                        if not k.startswith('_')},
             'decisions_identical': same,
             'trace': None if subject.trace is None else subject.trace.to_dict(),
-            'backends': {n: {k: v for k, v in r.items() if k != 'decisions'}
-                         for n, r in results.items()},
+            'targets': verdict,
+            'backends': {b: {p: {k: v for k, v in r.items() if k != 'decisions'}
+                             for p, r in paths.items()} for b, paths in results.items()},
         }, indent=2) + '\n')
     return 0
