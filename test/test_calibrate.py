@@ -39,7 +39,27 @@ def test_planted_informative_layers_are_static():
     assert set(np.argsort(s)[:2]) == {3, 7}, f'similarity {np.round(s, 3)}'
     assert s[[0, 1, 2, 4, 5, 6, 8, 9]].min() > 0.99 and s[[3, 7]].max() < 0.5
     # ceil(0.2 * 10) = 2 lowest, plus layer 0 (RECON)
-    assert select_static(s, 0.2).static == (0, 3, 7)
+    assert select_static(s, 0.2, rule='lowest').static == (0, 3, 7)
+    # two windows, [0, 5) and [5, 10): layer 0, then the lowest of the second
+    assert select_static(s, 0.2).static == (0, 7)
+
+
+def test_spread_rule_puts_static_layers_along_the_depth():
+    """The default model's similarity: every late layer barely changes the hidden state, so
+    the plain rule stacks the static layers at the bottom (one segment holds every dynamic
+    layer); the spread rule picks the lowest in each fifth of the depth."""
+    s = np.array([0.287, 0.732, 0.896, 0.946, 0.976, 0.978, 0.984, 0.988, 0.994, 0.993,
+                  0.995, 0.9949, 0.997, 0.996, 0.997, 0.998, 0.997, 0.998, 0.995, 0.997,
+                  0.9991, 0.9992, 0.9993, 0.9989])
+    assert select_static(s, 0.2, rule='lowest').static == (0, 1, 2, 3, 4)
+    layout = select_static(s, 0.2)
+    assert layout.static == (0, 5, 11, 18, 23)  # windows start at 0, 5, 10, 14, 19
+    assert max(seg.end - seg.static for seg in layout.segments) <= 2 * 5
+    # a window's pick keeps one dynamic layer after the previous pick: 18 is the lowest of
+    # [14, 19), so [19, 24) picks from 20 on
+    assert all(seg.dynamic for seg in layout.segments[:-1])
+    with pytest.raises(ValueError, match="rule='middle'"):
+        select_static(s, 0.2, rule='middle')
 
 
 def test_similarity_is_the_mean_cosine_over_samples_and_tokens():
@@ -67,12 +87,16 @@ def test_similarity_over_vla_blocks():
 
 def test_first_layer_rule():
     s = np.array([0.9, 0.1, 0.95, 0.2, 0.99])
-    assert select_static(s, 0.4).static == (0, 1, 3)  # layer 0 added beyond the ratio
+    lowest = dict(rule='lowest')
+    assert select_static(s, 0.4, **lowest).static == (0, 1, 3)  # layer 0 beyond the ratio
     s0 = np.array([0.1, 0.9, 0.95, 0.2, 0.99])
-    assert select_static(s0, 0.4).static == (0, 3)  # layer 0 already among the lowest
-    assert select_static(s0, 0.4, first_layer_static=False).static == (0, 3)
+    assert select_static(s0, 0.4, **lowest).static == (0, 3)  # 0 already among the lowest
+    assert select_static(s0, 0.4, first_layer_static=False, **lowest).static == (0, 3)
     with pytest.raises(ValueError, match='first_layer_static=False'):
-        select_static(s, 0.4, first_layer_static=False)
+        select_static(s, 0.4, first_layer_static=False, **lowest)
+    # spread, windows [0, 2) and [2, 5): layer 0 (the first window's), then 3
+    assert select_static(s, 0.4).static == (0, 3)
+    assert select_static(s0, 0.4, first_layer_static=False).static == (0, 3)
 
 
 @pytest.mark.parametrize('n, ratio, count', [(10, 0.3, 3), (10, 0.2, 2), (24, 0.2, 5),
@@ -81,7 +105,7 @@ def test_first_layer_rule():
 def test_ratio_rounds_up(n, ratio, count):
     assert num_static(n, ratio) == count
     s = np.linspace(1.0, 0.0, n)  # later layers change their input more
-    layout = select_static(s, ratio)
+    layout = select_static(s, ratio, rule='lowest')
     expected = set(range(n - count, n)) | {0}
     assert set(layout.static) == expected, f'n={n} ratio={ratio}: {layout.static}'
 

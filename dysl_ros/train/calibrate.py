@@ -71,10 +71,24 @@ def num_static(num_layers: int, ratio: float) -> int:
     return int(math.ceil(round(ratio * num_layers, 9)))
 
 
+STATIC_RULES = ('spread', 'lowest')
+
+
 def select_static(similarity: np.ndarray, ratio: float = 0.2,
-                  first_layer_static: bool = True) -> Layout:
-    """The ceil(ratio * L) layers with the lowest s_l are static, plus layer 0 when
-    first_layer_static (RECON). Ties go to the earlier layer."""
+                  first_layer_static: bool = True, rule: str = 'spread') -> Layout:
+    """The static layers from each layer's input/output similarity s_l: n = ceil(ratio * L).
+
+    rule='lowest': the n layers with the lowest s_l (the method's rule as stated), plus
+    layer 0 when first_layer_static (RECON). On a backbone whose late layers all barely
+    change the hidden state this puts every static layer at the bottom, and DySL degenerates
+    into an early exit (a single segment holds all the dynamic layers).
+    rule='spread' (RECON, the default): the depth is cut into n equal windows and each
+    window's lowest-s_l layer is static (layer 0 for the first window when
+    first_layer_static), at least two layers after the previous pick where the window
+    allows, so that every segment but the last holds a dynamic layer: static layers, allow
+    points and skips exist along the whole depth, and no segment is longer than two
+    windows. Ties go to the earlier layer.
+    """
     s = np.asarray(similarity, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f'similarity must be a non-empty (L,) array, got shape {s.shape}')
@@ -83,13 +97,26 @@ def select_static(similarity: np.ndarray, ratio: float = 0.2,
                          f'{np.flatnonzero(~np.isfinite(s)).tolist()}')
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f'ratio={ratio!r} is invalid: expected a value in [0, 1]')
-    L = s.size
-    chosen = set(np.argsort(s, kind='stable')[:num_static(L, ratio)].tolist())
+    if rule not in STATIC_RULES:
+        raise ValueError(f'rule={rule!r} is invalid: expected one of {STATIC_RULES}')
+    L, n = s.size, num_static(s.size, ratio)
+    if rule == 'lowest':
+        chosen = set(np.argsort(s, kind='stable')[:n].tolist())
+    else:
+        edges = [round(i * L / n) for i in range(n + 1)]
+        picks: list[int] = []
+        for a, b in zip(edges, edges[1:]):
+            if not picks and first_layer_static:
+                picks.append(0)  # the first window's static layer is layer 0
+                continue
+            lo = picks[-1] + 2 if picks and picks[-1] + 2 < b else a  # >= 1 dynamic layer
+            picks.append(max(lo, a) + int(np.argmin(s[max(lo, a):b])))
+        chosen = set(picks)
     if first_layer_static:
         chosen.add(0)
     elif 0 not in chosen:
-        raise ValueError('first_layer_static=False needs layer 0 among the lowest-similarity '
-                         f'layers (a Layout requires layer 0 static); chosen {sorted(chosen)}')
+        raise ValueError('first_layer_static=False needs layer 0 among the chosen layers '
+                         f'(a Layout requires layer 0 static); chosen {sorted(chosen)}')
     return Layout(L, tuple(sorted(chosen)))
 
 
@@ -124,7 +151,8 @@ TAU_SOURCES = ('model', 'demos')
 
 
 def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
-                    first_layer_static: bool = True, samples: int = 256, batch_size: int = 32,
+                    first_layer_static: bool = True, rule: str = 'spread',
+                    samples: int = 256, batch_size: int = 32,
                     history: int = 5, percentile: float = 85.0, seed: int = 0,
                     progress: bool = True, tau_from: str = 'model', executed_actions: int = 0,
                     tau_episodes: int = 200) -> dict[str, Any]:
@@ -143,7 +171,7 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
     batches = max(1, math.ceil(samples / batch_size))
     inputs = EmbeddedBatches(vla, dataset, batch_size, batches, seed)
     s = layer_similarity(vla.blocks, inputs, progress)
-    layout = select_static(s, ratio, first_layer_static)
+    layout = select_static(s, ratio, first_layer_static, rule)
     if tau_from == 'model':
         actions = predicted_action_episodes(vla, dataset, executed_actions, tau_episodes, seed)
     else:
@@ -151,7 +179,7 @@ def calibrate_model(vla: VLA, dataset: DemoDataset, ratio: float = 0.2,
                                           vla.action_std.detach().cpu().numpy())  # (T, D) each
     tau = calibrate_tau(actions, history, percentile)
     return {'format': 1, 'layout': layout.to_dict(), 'similarity': s.tolist(),
-            'ratio': ratio, 'first_layer_static': first_layer_static,
+            'ratio': ratio, 'first_layer_static': first_layer_static, 'rule': rule,
             'samples': batches * batch_size, 'tau_percentile': percentile,
             'tau_from': tau_from,
             'guidance': dataclasses.asdict(GuidanceConfig(
@@ -222,6 +250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--demos', required=True, type=Path, help='demo folder (gen-demos)')
     parser.add_argument('--ratio', type=float, default=d.static_ratio,
                         help='share of static layers, rho (FOUND: about 0.2)')
+    parser.add_argument('--static-rule', choices=STATIC_RULES, default='spread',
+                        help='spread (default, RECON): the lowest-similarity layer of each of '
+                             'ceil(ratio * L) equal windows; lowest: the ceil(ratio * L) '
+                             'lowest-similarity layers (all at the bottom when the late layers '
+                             'barely change the hidden state)')
     parser.add_argument('--samples', type=int, default=256, help='calibration observations')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--history', type=int, default=5, help='K of the continuity')
@@ -254,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     episodes, stats = load_demos(args.demos)
     overrides = parse_overrides(args.guidance)
     calib = calibrate_model(vla, DemoDataset.for_model(episodes, stats, vla), args.ratio,
-                            samples=args.samples, batch_size=args.batch_size,
+                            rule=args.static_rule, samples=args.samples, batch_size=args.batch_size,
                             history=args.history, percentile=args.percentile, seed=args.seed,
                             progress=not args.quiet, tau_from=args.tau_from,
                             executed_actions=overrides.get('executed_actions', 0),
