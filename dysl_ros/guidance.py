@@ -3,7 +3,8 @@
 numpy only. One Guidance per episode stream drives every backend (torch, ONNX Runtime,
 TensorRT): the backend asks it where each segment's controllers may start deciding
 (allow_points) and whether a chunk predicted with skipping must be re-predicted without
-(is_onset). See design/dysl-method.md, section 2.
+(is_onset). See design/dysl-method.md, section 2; the onset rule deviates from it with a
+margin (RECON, Guidance.is_onset).
 
 Typical control step:
 
@@ -263,7 +264,15 @@ class Guidance:
         self._points = self._low.copy()  # (n_seg,)
 
     def is_onset(self, chunk: np.ndarray) -> bool:
-        """True when verify is on and an action of this uncommitted (H, D) chunk starts a drop."""
+        """True when verify is on and an action of this uncommitted (H, D) chunk starts a drop.
+
+        RECON, deviating from dysl-method.md section 2, whose onset is a sign change,
+        dC_t < 0 <= dC_{t-1}. Here a step is a drop when dC < -drop_margin * tau and an onset
+        is a drop after a step that was not one: dC_t < -m * tau <= dC_{t-1} (m =
+        drop_margin; see GuidanceConfig for why). The doc's rule is its limit m -> 0, which
+        the config refuses. It differs both ways: a dip shallower than m * tau after steady
+        motion is not verified, and a drop past m * tau right after a shallow negative dC is.
+        """
         a = self._executed(chunk)  # (n, D)
         if not self.cfg.verify:
             return False

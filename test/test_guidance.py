@@ -149,6 +149,39 @@ def test_steady_jitter_never_verifies_nor_protects(h):
     assert sum(run(loose, actions, h)[1]) > 10
 
 
+def _onsets(speeds: list[float], drop_margin: float) -> list[int]:
+    """Steps verified on a 1-D path moving speeds[t - 1] into step t, judged action by action
+    with K = 1, so that dC_t = speeds[t - 2] - speeds[t - 1] exactly (tau = 1)."""
+    guidance = Guidance(GuidanceConfig(tau=1.0, history=1, drop_margin=drop_margin), [(0, 2)])
+    out = []
+    for t, position in enumerate(np.cumsum(np.r_[0.0, speeds])):
+        action = np.array([[position]])  # (1, 1)
+        if guidance.is_onset(action):
+            out.append(t)
+        guidance.push(action)
+    return out
+
+
+def _sign_changes(speeds: list[float]) -> list[int]:
+    """dysl-method.md section 2's onset, dC_t < 0 <= dC_(t-1), written directly."""
+    dc = {t: speeds[t - 2] - speeds[t - 1] for t in range(2, len(speeds) + 1)}
+    return [t for t in dc if t - 1 in dc and dc[t] < 0 <= dc[t - 1]]
+
+
+def test_onset_is_a_margin_below_minus_tau_not_the_docs_sign_change():
+    """RECON deviation (Guidance.is_onset): a drop is dC < -drop_margin * tau, an onset the
+    first drop after a step that was not one; the doc's rule is the limit of a zero margin."""
+    shallow = [1.0, 1.0, 1.25, 1.25, 1.25]  # dC from step 2: 0, -0.25, 0, 0
+    shallow_then_deep = [1.0, 1.0, 1.25, 2.5, 2.5]  # dC: 0, -0.25, -1.25, 0
+    assert _sign_changes(shallow) == [3] and _sign_changes(shallow_then_deep) == [3]
+    for speeds in (shallow, shallow_then_deep):  # a vanishing margin: the doc's rule
+        assert _onsets(speeds, drop_margin=1e-9) == _sign_changes(speeds)
+    # the default margin (0.5): a dip shallower than tau / 2 is no onset ...
+    assert _onsets(shallow, drop_margin=0.5) == []
+    # ... and a deep drop is one even right after a shallow negative dC (the doc: not)
+    assert _onsets(shallow_then_deep, drop_margin=0.5) == [4]
+
+
 def test_any_negative_dc_in_a_chunk_blocks_release():
     guidance = Guidance(GuidanceConfig(tau=TAU), SEGMENTS)
     actions = make_trajectory(n_post=0)

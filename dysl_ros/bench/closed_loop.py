@@ -1,33 +1,53 @@
 """Closed-loop benchmark: success rate in the tabletop simulation, method by method.
 
-`python -m dysl_ros bench closed-loop` runs N seeded episodes per task for each method in
-worker processes and reports, per method: success per task and overall, mean backbone
-layers run per step (and as a fraction of full depth), mean backbone latency and its speedup
-over full depth measured in the same run, and the verification rate. Failed episodes are
-broken down by how far they got: whether the gripper reached the task's object (came within
-REACHED_MM of it) and whether it moved it (lifted / pushed / opened more than MOVED_MM).
+`python -m dysl_ros bench closed-loop` runs N seeded episodes per task in worker processes
+and reports per method: success per task and over all episodes, each with its 95% Wilson
+interval; backbone layers run per inference (mean, p90, fraction of full depth); backbone
+milliseconds per inference (median, p90); the speedup over full depth from the medians and
+from the means, and the fraction of ideal; the share of inferences verified. Failed episodes
+are broken down by how far they got: whether the gripper reached the task's object (came
+within REACHED_MM of it) and whether it moved it (lifted / pushed / opened more than
+MOVED_MM).
 
-Backbone latency is the guided pass plus any verification re-run. Workers run one torch
-thread each; latencies are comparable between methods of one run, not across machines.
+Seeds come from a named split (sim.splits): `validation` (the default) for every choice,
+`test` only to report. --guidance overrides are choices, so they are refused on `test`.
+
+Timing: a worker job is one task and a block of seeds; it runs every method on each seed in
+turn, the order rotating with the seed, so every method is timed under the same
+contention. Backbone latency is the guided pass plus any verification re-run (its head
+included), and layers run count the re-run's layers too:
+
+    speedup (median)   = full depth's median ms / the method's median ms (a typical step;
+                         blind to re-runs while fewer than half the steps are verified)
+    speedup (mean)     = full depth's mean ms / the method's mean ms (every re-run paid for)
+    ideal ms           = full depth's mean ms x the method's mean layers / full depth's
+    fraction of ideal  = ideal ms / the method's mean ms
+
+Workers run one torch thread each; latencies compare methods of one run, not machines.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from ..paths import default_model_dir
 
+if TYPE_CHECKING:
+    from ..runtime.policy import Policy
+
 DEFAULT_MODEL = default_model_dir()
 REACHED_MM = 20.0  # a failed episode "reached" the object when the gripper came this close
 MOVED_MM = 10.0    # ... and "moved" it when the task's progress passed this
+Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95%
 
 
 @dataclass(frozen=True)
@@ -39,26 +59,24 @@ class Episode:
     seed: int
     success: bool
     steps: int
-    inferences: int
-    layers_run: float  # mean per inference
     layers_total: int
-    backbone_ms: float  # mean per inference
-    verified: int
+    layers_run: list[int]  # per inference, verification re-run included
+    backbone_ms: list[float]  # per inference: guided pass + verification re-run
+    verified: int  # inferences re-run at full depth
     closest_mm: float  # closest approach of the gripper to the task's object
     progress_mm: float  # most lifted / pushed / opened during the episode
 
 
-def run_episode(policy, env, instruction: str, seed: int, method: str,
+def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
                 open_loop_steps: int) -> Episode:
     """Run one episode: infer a chunk, execute its first `open_loop_steps` actions, repeat."""
     obs = env.reset(seed=seed, instruction=instruction)
     policy.reset()
-    layers, latency, verified, inferences = [], [], 0, 0
+    layers, latency, verified = [], [], 0
     closest = env.target_distance()
     done = False
     while not done:
         chunk, stats = policy.step(obs.images, obs.instruction)
-        inferences += 1
         layers.append(stats.layers_run)
         latency.append(stats.latency_ms.get('backbone', 0.0)
                        + stats.latency_ms.get('verify', 0.0))
@@ -68,55 +86,92 @@ def run_episode(policy, env, instruction: str, seed: int, method: str,
             closest = min(closest, env.target_distance())
             if done:
                 break
-    return Episode(method, env.task.name, seed, bool(env.success), env.step_count, inferences,
-                   float(np.mean(layers)), stats.layers_total, float(np.mean(latency)),
-                   verified, closest * 1e3, env.max_progress * 1e3)
+    return Episode(method, env.task.name, seed, bool(env.success), env.step_count,
+                   stats.layers_total, layers, latency, verified, closest * 1e3,
+                   env.max_progress * 1e3)
+
+
+def run_job(policies: Mapping[str, Policy], env, instruction: str, seeds: Sequence[int],
+            open_loop_steps: int) -> list[Episode]:
+    """Every method (name -> policy) on each seed in turn, the order rotating with the
+    seed: the methods share the machine's conditions, and none always runs first."""
+    names = list(policies)
+    out = []
+    for seed in seeds:
+        r = seed % len(names)
+        for m in names[r:] + names[:r]:
+            out.append(run_episode(policies[m], env, instruction, seed, m, open_loop_steps))
+    return out
 
 
 def _worker(job: tuple) -> list[Episode]:
-    """One method x task x seed block in a fresh process (its own env and policy)."""
-    model_dir, method, instruction, seeds, open_loop_steps, image_size, guidance = job
+    """One task x seed block in a fresh process: one env, every method's policy."""
+    model_dir, methods, instruction, seeds, open_loop_steps, image_size, guidance = job
     import torch
     torch.set_num_threads(1)
-    from ..runtime.loading import PolicyOptions, open_policy
+    from ..model.io import load_vla
+    from ..runtime.methods import make_policy
     from ..sim import SimConfig, TabletopEnv
-    # only the actions that run before the next inference enter the continuity history
-    policy = open_policy(model_dir, 'torch', method, PolicyOptions(
-        guidance={'executed_actions': open_loop_steps, **guidance},
-        profile=True))  # backbone_ms is read from the stage timings
+    vla = load_vla(Path(model_dir))  # one copy of the weights, shared by the methods
+    # only the actions that run before the next inference enter the continuity history;
+    # profile: backbone_ms is read from the stage timings
+    policies = {m: make_policy(m, Path(model_dir), vla=vla, profile=True, guidance={
+        'executed_actions': open_loop_steps, **guidance}) for m in methods}
     env = TabletopEnv(SimConfig(image_size=image_size))
     try:
-        return [run_episode(policy, env, instruction, s, method, open_loop_steps)
-                for s in seeds]
+        return run_job(policies, env, instruction, seeds, open_loop_steps)
     finally:
         env.close()
 
 
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% with the default z)."""
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(outcomes: Sequence[bool]) -> dict:
+    k, n = int(sum(outcomes)), len(outcomes)
+    low, high = wilson(k, n)
+    return {'rate': k / n, 'low': low, 'high': high, 'successes': k, 'episodes': n}
+
+
 def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequence[str]
               ) -> dict:
-    """Per-method figures; speedup is relative to the 'full' method when it ran."""
+    """Per-method figures (module docstring); the overall success interval pools every
+    episode, which is conservative when the tasks' rates differ. Speedup and fraction of
+    ideal are relative to the 'full' method when it ran."""
     out = {}
     for m in methods:
         eps = [e for e in episodes if e.method == m]
         if not eps:
             continue
-        inf = np.array([e.inferences for e in eps], dtype=float)
+        layers = np.concatenate([e.layers_run for e in eps]).astype(float)  # per inference
+        ms = np.concatenate([e.backbone_ms for e in eps])  # per inference
         out[m] = {
-            'success': {t: float(np.mean([e.success for e in eps if e.task == t]))
-                        for t in tasks},
-            'success_mean': float(np.mean([e.success for e in eps])),
-            'layers_run': float(np.average([e.layers_run for e in eps], weights=inf)),
+            'success': {t: _rate([e.success for e in eps if e.task == t]) for t in tasks},
+            'success_mean': _rate([e.success for e in eps]),
+            'layers_run': {'mean': float(layers.mean()),
+                           'p90': float(np.percentile(layers, 90))},
             'layers_total': eps[0].layers_total,
-            'backbone_ms': float(np.average([e.backbone_ms for e in eps], weights=inf)),
-            'verification_rate': float(sum(e.verified for e in eps) / inf.sum()),
+            'layer_fraction': float(layers.mean()) / eps[0].layers_total,
+            'backbone_ms': {'median': float(np.median(ms)), 'p90': float(np.percentile(ms, 90)),
+                            'mean': float(ms.mean())},
+            'verified_fraction': sum(e.verified for e in eps) / len(layers),
             'episodes': len(eps),
+            'inferences': len(layers),
             'failures': {t: _failures([e for e in eps if e.task == t and not e.success])
                          for t in tasks},
         }
-        out[m]['layer_fraction'] = out[m]['layers_run'] / out[m]['layers_total']
     if 'full' in out:
-        for m in out:
-            out[m]['speedup'] = out['full']['backbone_ms'] / out[m]['backbone_ms']
+        f = out['full']
+        for r in out.values():
+            r['speedup'] = {s: f['backbone_ms'][s] / r['backbone_ms'][s]
+                            for s in ('median', 'mean')}
+            ideal = f['backbone_ms']['mean'] * r['layers_run']['mean'] / f['layers_run']['mean']
+            r['fraction_of_ideal'] = ideal / r['backbone_ms']['mean']
     return out
 
 
@@ -127,34 +182,51 @@ def _failures(failed: Sequence[Episode]) -> dict:
             'moved': sum(e.progress_mm > MOVED_MM for e in reached)}
 
 
-def format_table(summary: dict, tasks: Sequence[str]) -> str:
-    short = [t.split('_')[0][:10] for t in tasks]
-    head = (f'{"method":<16}' + ''.join(f'{s:>11}' for s in short)
-            + f'{"mean":>7}{"layers":>8}{"frac":>6}{"ms":>7}{"speedup":>8}{"verif":>7}')
+def _interval(r: dict) -> str:
+    return f'{r["rate"]:.0%} [{r["low"]:.0%}-{r["high"]:.0%}]'
+
+
+def format_success(summary: dict, tasks: Sequence[str]) -> str:
+    """Success per task and over all episodes: rate [95% Wilson interval]."""
+    head = f'{"success [95% CI]":<22}' + ''.join(f'{t:>18}' for t in list(tasks) + ['all'])
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
-        lines.append(
-            f'{m:<16}' + ''.join(f'{r["success"][t]:>11.0%}' for t in tasks)
-            + f'{r["success_mean"]:>7.0%}{r["layers_run"]:>8.1f}{r["layer_fraction"]:>6.0%}'
-            + f'{r["backbone_ms"]:>7.1f}{r.get("speedup", float("nan")):>7.2f}x'
-            + f'{r["verification_rate"]:>7.1%}')
+        cells = [r['success'][t] for t in tasks] + [r['success_mean']]
+        lines.append(f'{m:<22}' + ''.join(f'{_interval(c):>18}' for c in cells))
+    return '\n'.join(lines)
+
+
+def format_compute(summary: dict) -> str:
+    """Layers run, backbone latency, speedup, fraction of ideal and verifications."""
+    head = (f'{"compute per inference":<22}{"layers mean":>12}{"p90":>6}{"frac":>6}'
+            f'{"ms median":>11}{"p90":>7}{"speedup med":>13}{"mean":>7}{"of ideal":>10}'
+            f'{"verified":>10}')
+    lines = [head, '-' * len(head)]
+    for m, r in summary.items():
+        lay, ms = r['layers_run'], r['backbone_ms']
+        # relative figures need full depth in the run
+        rel = (f'{r["speedup"]["median"]:>12.2f}x{r["speedup"]["mean"]:>6.2f}x'
+               f'{r["fraction_of_ideal"]:>10.2f}' if 'speedup' in r
+               else f'{"-":>13}{"-":>7}{"-":>10}')
+        lines.append(f'{m:<22}{lay["mean"]:>12.1f}{lay["p90"]:>6.1f}{r["layer_fraction"]:>6.0%}'
+                     f'{ms["median"]:>11.2f}{ms["p90"]:>7.2f}{rel}{r["verified_fraction"]:>10.1%}')
     return '\n'.join(lines)
 
 
 def format_failures(summary: dict, tasks: Sequence[str]) -> str:
     """Failed episodes per task as failed / reached the object / moved it."""
-    short = [t.split('_')[0][:10] for t in tasks]
-    head = f'{"failed/reached/moved":<22}' + ''.join(f'{s:>11}' for s in short)
+    head = f'{"failed/reached/moved":<22}' + ''.join(f'{t:>18}' for t in tasks)
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
         cells = [r['failures'][t] for t in tasks]
         lines.append(f'{m:<22}' + ''.join(
-            f'{c["count"]:>5}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
+            f'{c["count"]:>12}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
     return '\n'.join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime.methods import METHODS
+    from ..sim.splits import SPLITS
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model directory (default: the embedded models/default)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS),
@@ -166,13 +238,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--open-loop-steps', type=int, default=4,
                         help='actions of each chunk executed before the next inference '
                              '(default 4)')
-    parser.add_argument('--seed', type=int, default=1000, help='first episode seed')
+    parser.add_argument('--split', choices=list(SPLITS), default='validation',
+                        help='seed range (dysl_ros/sim/splits.py): validation (default) for '
+                             'every choice, test only to report; episode i of every task '
+                             'runs the split\'s i-th seed')
     parser.add_argument('--workers', type=int, default=max(1, os.cpu_count() or 1),
                         help='worker processes (default: CPU count)')
     parser.add_argument('--guidance', nargs='+', default=[], metavar='KEY=VALUE',
                         help='guidance settings of the DySL methods replacing the stored '
                              'ones, e.g. tau=0.3 release_margin=0.5 (executed_actions '
-                             'defaults to --open-loop-steps)')
+                             'defaults to --open-loop-steps); validation split only')
     parser.add_argument('--json', metavar='PATH', help='write the results as JSON')
 
 
@@ -180,22 +255,36 @@ def run(args: argparse.Namespace) -> int:
     from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import load_vla
     from ..sim import TASKS
+    from ..sim.splits import SPLITS, split_seeds
     if args.episodes < 1 or args.open_loop_steps < 1:
         raise SystemExit('--episodes and --open-loop-steps must be >= 1')
+    if args.split == 'test' and args.guidance:
+        raise SystemExit('--guidance chooses settings, and choices are made on the validation '
+                         'split: store the chosen ones in the model (calibrate --guidance) and '
+                         'report on test without overrides')
     tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks]
     if not tasks:
         raise SystemExit(f'no task matches {args.tasks}; tasks: {[t.name for t in TASKS]}')
+    try:
+        seeds = split_seeds(args.split, args.episodes)
+    except ValueError as e:
+        raise SystemExit(f'--episodes: {e}') from None
     guidance = parse_overrides(args.guidance)
     GuidanceConfig(**guidance)  # range errors now, not in a worker
     vla = load_vla(args.model)
     if args.open_loop_steps > vla.cfg.chunk_size:
         raise SystemExit(f'--open-loop-steps={args.open_loop_steps} exceeds the chunk size '
                          f'{vla.cfg.chunk_size}')
-    seeds = list(range(args.seed, args.seed + args.episodes))
+    whole = SPLITS[args.split]
+    protocol = {'split': args.split, 'seeds': [seeds[0], seeds[-1]],
+                'split_range': [whole.start, whole.stop - 1]}
+    print(f'closed-loop on the {args.split} split: seeds {seeds[0]}-{seeds[-1]} per task (of '
+          f'{whole.start}-{whole.stop - 1}), {len(tasks)} tasks, methods {" ".join(args.methods)}'
+          f' interleaved per seed')
     blocks = max(1, min(len(seeds), 4))  # seeds per job: a few, so jobs balance
-    jobs = [(str(args.model), m, t.instruction, seeds[i::blocks], args.open_loop_steps,
-             vla.cfg.image_size, guidance)
-            for m in args.methods for t in tasks for i in range(blocks)]
+    jobs = [(str(args.model), list(args.methods), t.instruction, list(seeds[i::blocks]),
+             args.open_loop_steps, vla.cfg.image_size, guidance)
+            for t in tasks for i in range(blocks)]
     episodes: list[Episode] = []
     with mp.get_context('spawn').Pool(args.workers) as pool:
         bar = tqdm(total=len(args.methods) * len(tasks) * len(seeds), desc='episodes', unit='ep')
@@ -205,16 +294,19 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     names = [t.name for t in tasks]
     summary = summarise(episodes, args.methods, names)
-    print(format_table(summary, names))
+    print(format_success(summary, names))
+    print()
+    print(format_compute(summary))
     print(f'\nfailed episodes: how many reached the object (within {REACHED_MM:.0f} mm) and, '
           f'of those, moved it (more than {MOVED_MM:.0f} mm)')
     print(format_failures(summary, names))
-    print(f'{args.episodes} episodes per task, {args.open_loop_steps} actions per chunk executed '
-          f'open-loop, {args.workers} workers on {os.cpu_count()} CPUs')
+    print(f'{args.episodes} episodes per task on the {args.split} split, {args.open_loop_steps} '
+          f'actions per chunk executed open-loop, {args.workers} workers on {os.cpu_count()} '
+          'CPUs; fraction of ideal from means')
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {'config': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+            {'protocol': protocol,
+             'config': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                         if not k.startswith('_')},
              'summary': summary, 'episodes': [asdict(e) for e in episodes]}, indent=2))
     return 0
-
