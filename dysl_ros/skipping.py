@@ -47,9 +47,6 @@ class Ops(Protocol):
     def left(self, skipped: Any) -> bool:
         """Has the pass left the segment? (the host stops there; a graph never can)"""
 
-    def live(self, skipped: Any) -> Any:
-        """Is the pass still inside the segment?"""
-
     def asks(self, j: int, allow_from: Any, skipped: Any) -> Any:
         """Is controller j asked? (inside the segment, at or past the allow point)"""
 
@@ -58,6 +55,9 @@ class Ops(Protocol):
 
     def no(self) -> Any:
         """The decision of a controller not asked."""
+
+    def stays(self, skipped: Any, skip: Any) -> Any:
+        """Does layer j run? (still inside the segment, and not skipping here)"""
 
     def branch(self, pred: Any, then: Callable, otherwise: Callable, operands: tuple) -> Any:
         """then(*operands) if pred else otherwise(*operands)."""
@@ -73,9 +73,6 @@ class _HostOps:
     def left(self, skipped: int) -> bool:
         return skipped != NO_SKIP
 
-    def live(self, skipped: int) -> bool:
-        return True  # the host never steps past a skip
-
     def asks(self, j: int, allow_from: int, skipped: int) -> bool:
         return j >= allow_from
 
@@ -84,6 +81,9 @@ class _HostOps:
 
     def no(self) -> bool:
         return False
+
+    def stays(self, skipped: int, skip: bool) -> bool:
+        return not skip  # the host never steps past a skip
 
     def branch(self, pred: bool, then: Callable, otherwise: Callable, operands: tuple) -> Any:
         return then(*operands) if pred else otherwise(*operands)
@@ -104,11 +104,15 @@ def segment_pass(seg: Segment, x: X, allow_from: Any, threshold: Any, units: Uni
 
     Per dynamic layer j, inside the segment: before the allow point run the layer; from it
     on ask controller g_j: skip through the adapter (and leave), or run the layer.
-    allow_from >= seg.end runs the segment at full depth, asking no controller. On the host
-    a skip leaves the segment at once; a graph cannot leave its sequence of conditionals, so
-    there each later step passes its input through. Each unit appears once per step (a
-    graph holds each weight once) and the conditionals stay flat (tracing is linear in the
-    segment's length).
+    allow_from >= seg.end runs the segment at full depth, asking no controller.
+
+    On the host a skip leaves the segment at once. A graph cannot leave its sequence of
+    conditionals, so there each step after a skip passes its input through. Each unit
+    appears once (a graph holds each weight once) and the conditionals stay flat, nested at
+    most two deep: tracing is linear in the segment's length (nesting the rest of the
+    segment in each decision made it exponential), and ONNX Runtime's CPU executor, which
+    spends ~10-20 us per conditional and more per nesting level, runs a layer through two
+    (decide, stay) and a step after a skip through three (decide, stay, leave).
     """
     def keep(x: X, s: Any) -> tuple[X, Any]:
         return ops.copy(x), ops.copy(s)
@@ -121,17 +125,18 @@ def segment_pass(seg: Segment, x: X, allow_from: Any, threshold: Any, units: Uni
         def decide(x: X, j: int = j) -> Any:
             return ops.exceeds(units.controller(j, x), threshold)
 
-        def adapt(x: X, s: Any, j: int = j) -> tuple[X, Any]:
-            return units.adapter(j, x), ops.index(j)
-
         def run(x: X, s: Any, j: int = j) -> tuple[X, Any]:
             return units.layer(j, x), ops.copy(s)
 
-        def stay(x: X, s: Any) -> tuple[X, Any]:
-            return ops.branch(ops.live(s), run, keep, (x, s))
+        def adapt(x: X, s: Any, j: int = j) -> tuple[X, Any]:
+            return units.adapter(j, x), ops.index(j)
 
         skip = ops.branch(ops.asks(j, allow_from, skipped), decide, lambda x: ops.no(), (x,))
-        x, skipped = ops.branch(skip, adapt, stay, (x, skipped))
+
+        def leave(x: X, s: Any, skip: Any = skip) -> tuple[X, Any]:
+            return ops.branch(skip, adapt, keep, (x, s))  # skip here, or skipped before
+
+        x, skipped = ops.branch(ops.stays(skipped, skip), run, leave, (x, skipped))
     return x, skipped
 
 

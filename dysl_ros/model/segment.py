@@ -31,14 +31,14 @@ class _GraphOps:
     def left(self, skipped: torch.Tensor) -> bool:
         return False
 
-    def live(self, skipped: torch.Tensor) -> torch.Tensor:
-        return skipped < 0
-
     def asks(self, j: int, allow_from: torch.Tensor, skipped: torch.Tensor) -> torch.Tensor:
         return (skipped < 0) & (allow_from <= j)
 
     def exceeds(self, prob: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         return prob.float() > threshold
+
+    def stays(self, skipped: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return (skipped < 0) & ~skip
 
     def no(self) -> torch.Tensor:
         return torch.zeros((1,), dtype=torch.bool)
