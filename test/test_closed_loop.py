@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from dysl_ros.bench.cli import BENCHES
+from dysl_ros.bench.closed_loop import Episode, count_skips, format_skips, summarise
 from dysl_ros.cli import build_parser, main
 from dysl_ros.export.random_model import build_random_model
+from dysl_ros.layout import Layout
 from dysl_ros.model import VLAConfig
 from dysl_ros.runtime.methods import make_policy
 from dysl_ros.sim import TASKS, SimConfig, TabletopEnv
@@ -50,6 +52,63 @@ def test_one_episode_smoke_run_writes_the_table_and_json(tmp_path, capsys):
         assert episode['closest_mm'] > 0 and episode['progress_mm'] < 50
     failures = summary['full']['failures']['pick_red']
     assert failures['count'] == 1 and failures['moved'] <= failures['reached'] <= 1
+    # full depth's layout has no dynamic layer: no skip table; DySL's segments each count
+    # every inference once
+    assert 'skips' not in full and dysl['skips'] and 'skips:' in printed
+    for seg in dysl['skips']:
+        assert seg['inferences'] == dysl['inferences'] and seg['static'] < seg['end']
+        assert seg['skipped'] == sum(seg['skipped_at'].values()) <= seg['inferences']
+        assert seg['allow_change']['pairs'] == dysl['inferences'] - dysl['episodes']
+    dysl_episode = next(e for e in result['episodes'] if e['method'] == 'dysl')
+    assert len(dysl_episode['skips']) == len(dysl['skips'])
+
+
+# segments [0-1) (no dynamic layer: not counted), [1-4), [4-7), [7-9)
+SKIP_LAYOUT = Layout(9, (0, 1, 4, 7))
+# per inference, per segment: skipped_at and allow points (each in [static + 1, end])
+SKIPS_A = [(None, 2, None, None), (None, 3, 5, None), (None, None, 6, 8)]
+ALLOW_A = [(1, 2, 5, 8), (1, 3, 5, 8), (1, 2, 6, 8)]
+SKIPS_B = [(None, 3, None, None), (None, 3, 5, None)]
+ALLOW_B = [(1, 3, 7, 9), (1, 3, 5, 9)]
+
+
+def _episode(method, seed, skips, n):
+    return Episode(method, 'pick_red', seed, False, 12, 9, [9] * n, [1.0] * n, 0, 100.0, 0.0,
+                   skips)
+
+
+def test_skip_positions_and_allow_points_are_counted_exactly():
+    a = count_skips(SKIP_LAYOUT.segments, SKIPS_A, ALLOW_A)
+    b = count_skips(SKIP_LAYOUT.segments, SKIPS_B, ALLOW_B)
+    assert [(c.static, c.end, c.inferences) for c in a] == [(1, 4, 3), (4, 7, 3), (7, 9, 3)]
+    assert [c.skipped_at for c in a] == [{2: 1, 3: 1}, {5: 1, 6: 1}, {8: 1}]
+    # allow point - first dynamic layer: A (0, 1, 0) (0, 0, 1) (0, 0, 0); |change| 1+1, 0+1, 0
+    assert [(c.offset_sum, c.offset_max, c.change_sum) for c in a] == [
+        (1, 1, 2), (1, 1, 1), (0, 0, 0)]
+    # B (1, 1) (2, 0) (1, 1); |change| 0, 2, 0
+    assert [(c.offset_sum, c.offset_max, c.change_sum) for c in b] == [
+        (2, 1, 0), (2, 2, 2), (2, 1, 0)]
+    assert count_skips(SKIP_LAYOUT.segments, [[], []], [[], []]) == []  # a baseline's steps
+
+    summary = summarise([_episode('dysl', 0, a, 3), _episode('deer', 0, [], 3),
+                         _episode('dysl', 1, b, 2)], ['dysl', 'deer'], ['pick_red'])
+    assert 'skips' not in summary['deer']
+    # 5 inferences per segment, 3 consecutive pairs (2 in A, 1 in B)
+    assert summary['dysl']['skips'] == [
+        {'static': 1, 'end': 4, 'inferences': 5, 'skipped': 4, 'skipped_at': {2: 1, 3: 3},
+         'allow_offset': {'sum': 3, 'mean': 0.6, 'max': 1},
+         'allow_change': {'sum': 2, 'pairs': 3, 'mean': 2 / 3}},
+        {'static': 4, 'end': 7, 'inferences': 5, 'skipped': 3, 'skipped_at': {5: 2, 6: 1},
+         'allow_offset': {'sum': 3, 'mean': 0.6, 'max': 2},
+         'allow_change': {'sum': 3, 'pairs': 3, 'mean': 1.0}},
+        {'static': 7, 'end': 9, 'inferences': 5, 'skipped': 1, 'skipped_at': {8: 1},
+         'allow_offset': {'sum': 2, 'mean': 0.4, 'max': 1},
+         'allow_change': {'sum': 0, 'pairs': 3, 'mean': 0.0}}]
+    table = format_skips(summary).splitlines()
+    assert len(table) == 2 + 3 and not any(line.startswith('deer') for line in table)
+    assert table[2].split() == ['dysl', '[1-4)', '80%', '0.60', '1', '0.67', '@2', '20%',
+                                '@3', '60%']
+    assert format_skips({'deer': summary['deer']}) == ''
 
 
 def test_bad_open_loop_steps_are_refused(tmp_path):

@@ -7,7 +7,10 @@ milliseconds per inference (median, p90); the speedup over full depth from the m
 from the means, and the fraction of ideal; the share of inferences verified. Failed episodes
 are broken down by how far they got: whether the gripper reached the task's object (came
 within REACHED_MM of it) and whether it moved it (lifted / pushed / opened more than
-MOVED_MM).
+MOVED_MM). For methods that walk segments with dynamic layers, each such segment gets
+the share of inferences that skipped in it and a histogram of the layers skipped at, and
+its allow point's movement: the mean and max of (allow point - first dynamic layer) and
+the mean |change| of the allow point between consecutive inferences of an episode.
 
 Seeds come from a named split (sim.splits): `validation` (the default) for every choice,
 `test` only to report. --guidance overrides are choices, so they are refused on `test`.
@@ -32,9 +35,10 @@ import json
 import math
 import multiprocessing as mp
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -42,12 +46,42 @@ from tqdm import tqdm
 from ..paths import default_model_dir
 
 if TYPE_CHECKING:
+    from ..layout import Segment
     from ..runtime.policy import Policy
 
 DEFAULT_MODEL = default_model_dir()
 REACHED_MM = 20.0  # a failed episode "reached" the object when the gripper came this close
 MOVED_MM = 10.0    # ... and "moved" it when the task's progress passed this
 Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95%
+
+
+@dataclass(frozen=True)
+class SegmentSkips:
+    """One segment's skips and allow points over one episode's inferences."""
+
+    static: int
+    end: int
+    inferences: int
+    skipped_at: dict[int, int]  # dynamic layer -> inferences that skipped at it
+    offset_sum: int  # allow point - first dynamic layer (static + 1), summed
+    offset_max: int
+    change_sum: int  # |allow point change| between consecutive inferences, summed
+
+
+def count_skips(segments: Sequence[Segment], skipped_at: Sequence[Sequence[Optional[int]]],
+                allow_points: Sequence[Sequence[int]]) -> list[SegmentSkips]:
+    """Per segment with dynamic layers, from one episode's per-inference StepStats.skipped_at
+    and .allow_points (rows: inferences; columns: segments). Methods without segments
+    report empty rows: no segment."""
+    out = []
+    for seg, at, points in zip(segments, zip(*skipped_at), zip(*allow_points)):
+        if seg.dynamic:
+            offsets = np.asarray(points) - (seg.static + 1)
+            out.append(SegmentSkips(seg.static, seg.end, len(at),
+                                    dict(Counter(j for j in at if j is not None)),
+                                    int(offsets.sum()), int(offsets.max()),
+                                    int(np.abs(np.diff(points)).sum())))
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,6 +99,7 @@ class Episode:
     verified: int  # inferences re-run at full depth
     closest_mm: float  # closest approach of the gripper to the task's object
     progress_mm: float  # most lifted / pushed / opened during the episode
+    skips: list[SegmentSkips]  # per segment with dynamic layers (none for baselines)
 
 
 def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
@@ -72,7 +107,7 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
     """Run one episode: infer a chunk, execute its first `open_loop_steps` actions, repeat."""
     obs = env.reset(seed=seed, instruction=instruction)
     policy.reset()
-    layers, latency, verified = [], [], 0
+    layers, latency, verified, skipped_at, allow_points = [], [], 0, [], []
     closest = env.target_distance()
     done = False
     while not done:
@@ -81,6 +116,8 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
         latency.append(stats.latency_ms.get('backbone', 0.0)
                        + stats.latency_ms.get('verify', 0.0))
         verified += int(stats.verified)
+        skipped_at.append(stats.skipped_at)
+        allow_points.append(stats.allow_points)
         for action in chunk[:open_loop_steps]:
             obs, done, _ = env.step(action)
             closest = min(closest, env.target_distance())
@@ -88,7 +125,8 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
                 break
     return Episode(method, env.task.name, seed, bool(env.success), env.step_count,
                    stats.layers_total, layers, latency, verified, closest * 1e3,
-                   env.max_progress * 1e3)
+                   env.max_progress * 1e3,
+                   count_skips(policy.spec.layout.segments, skipped_at, allow_points))
 
 
 def run_job(policies: Mapping[str, Policy], env, instruction: str, seeds: Sequence[int],
@@ -142,7 +180,8 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
               ) -> dict:
     """Per-method figures (module docstring); the overall success interval pools every
     episode, which is conservative when the tasks' rates differ. Speedup and fraction of
-    ideal are relative to the 'full' method when it ran."""
+    ideal are relative to the 'full' method when it ran. 'skips' (methods with segments that
+    have dynamic layers only): one entry per such segment, see _skips."""
     out = {}
     for m in methods:
         eps = [e for e in episodes if e.method == m]
@@ -165,6 +204,9 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
             'failures': {t: _failures([e for e in eps if e.task == t and not e.success])
                          for t in tasks},
         }
+        skips = [_skips(per_episode) for per_episode in zip(*(e.skips for e in eps))]
+        if skips:
+            out[m]['skips'] = skips
     if 'full' in out:
         f = out['full']
         for r in out.values():
@@ -173,6 +215,21 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
             ideal = f['backbone_ms']['mean'] * r['layers_run']['mean'] / f['layers_run']['mean']
             r['fraction_of_ideal'] = ideal / r['backbone_ms']['mean']
     return out
+
+
+def _skips(counts: Sequence[SegmentSkips]) -> dict:
+    """One segment over episodes: counts, and the means of the allow point's offset from the
+    first dynamic layer and of its |change| between consecutive inferences of an episode."""
+    n = sum(c.inferences for c in counts)
+    at = sum((Counter(c.skipped_at) for c in counts), Counter())
+    offset, change = sum(c.offset_sum for c in counts), sum(c.change_sum for c in counts)
+    pairs = n - len(counts)  # consecutive inferences within an episode
+    return {'static': counts[0].static, 'end': counts[0].end, 'inferences': n,
+            'skipped': sum(at.values()), 'skipped_at': {j: at[j] for j in sorted(at)},
+            'allow_offset': {'sum': offset, 'mean': offset / n,
+                             'max': max(c.offset_max for c in counts)},
+            'allow_change': {'sum': change, 'pairs': pairs,
+                             'mean': change / pairs if pairs else 0.0}}
 
 
 def _failures(failed: Sequence[Episode]) -> dict:
@@ -221,6 +278,24 @@ def format_failures(summary: dict, tasks: Sequence[str]) -> str:
         cells = [r['failures'][t] for t in tasks]
         lines.append(f'{m:<22}' + ''.join(
             f'{c["count"]:>12}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
+    return '\n'.join(lines)
+
+
+def format_skips(summary: dict) -> str:
+    """Per method and segment with dynamic layers: share of inferences that skipped in it and
+    at each layer; the allow point's offset from the first dynamic layer (mean, max) and its
+    mean |change| between consecutive inferences. Empty when no method has such segments."""
+    rows = [(m, s) for m, r in summary.items() for s in r.get('skips', ())]
+    if not rows:
+        return ''
+    head = (f'{"skips per segment":<22}{"segment":>9}{"skipped":>9}{"allow +mean":>13}'
+            f'{"max":>5}{"|change|":>10}  skipped at (share of inferences)')
+    lines = [head, '-' * len(head)]
+    for m, s in rows:
+        n, seg = s['inferences'], f'[{s["static"]}-{s["end"]})'
+        at = ' '.join(f'@{j} {c / n:.0%}' for j, c in s['skipped_at'].items())
+        lines.append(f'{m:<22}{seg:>9}{s["skipped"] / n:>9.0%}{s["allow_offset"]["mean"]:>13.2f}'
+                     f'{s["allow_offset"]["max"]:>5}{s["allow_change"]["mean"]:>10.2f}  {at}')
     return '\n'.join(lines)
 
 
@@ -300,6 +375,10 @@ def run(args: argparse.Namespace) -> int:
     print(f'\nfailed episodes: how many reached the object (within {REACHED_MM:.0f} mm) and, '
           f'of those, moved it (more than {MOVED_MM:.0f} mm)')
     print(format_failures(summary, names))
+    skips = format_skips(summary)
+    if skips:
+        print(f'\nskips: allow point - first dynamic layer (mean, max); its mean |change| '
+              f'between consecutive inferences\n{skips}')
     print(f'{args.episodes} episodes per task on the {args.split} split, {args.open_loop_steps} '
           f'actions per chunk executed open-loop, {args.workers} workers on {os.cpu_count()} '
           'CPUs; fraction of ideal from means')
