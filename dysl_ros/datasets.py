@@ -5,7 +5,8 @@ A demo folder holds one compressed .npz per episode, `<out>/<task>_s<seed>.npz`,
 T = number of control steps and these keys:
 
     images_<camera>  (T, H, W, 3) uint8  observation before action t, one key per camera
-    actions          (T, 7) float32      action t, in ACTION_NAMES order (model/config.py)
+    actions          (T, D) float32      action t, in the index's action_names order (the
+                                         suite's: 7 for the tabletop, 4 for Meta-World)
     phases           (T,) str            expert phase when action t was chosen
     instruction      () str              the language instruction
     task             () str              task name
@@ -77,8 +78,8 @@ def load_episode(path: str | os.PathLike) -> Episode:
                                  f'found {sorted(data)}')
     actions, phases = data['actions'], data['phases']
     t = actions.shape[0] if actions.ndim == 2 else -1
-    if actions.ndim != 2 or actions.shape[1] != 7 or t < 1:
-        raise EpisodeFormatError(f'{path}: actions has shape {actions.shape}, expected (T, 7)')
+    if actions.ndim != 2 or actions.shape[1] < 1 or t < 1:
+        raise EpisodeFormatError(f'{path}: actions has shape {actions.shape}, expected (T, D)')
     if phases.shape != (t,):
         raise EpisodeFormatError(f'{path}: phases has shape {phases.shape}, expected ({t},)')
     images = {}

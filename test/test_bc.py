@@ -98,7 +98,7 @@ def test_augmentation_is_light_and_seeded():
 
 
 def test_bc_decreases_the_loss(demos, tmp_path):
-    cfg = dataclasses.replace(FAST, steps=100, augment=False, eval_every=50)
+    cfg = dataclasses.replace(FAST, steps=200, augment=False, eval_every=100)
     hist = train_bc(tiny_vla(demos), demos, tmp_path, cfg, device='cpu')
     first, last = np.mean(hist['loss'][:10]), np.mean(hist['loss'][-10:])
     assert hist['complete'] and len(hist['loss']) == cfg.steps

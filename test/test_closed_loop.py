@@ -33,7 +33,8 @@ def test_one_episode_smoke_run_writes_the_table_and_json(tmp_path, capsys):
     first = SPLITS['validation'].start  # the default split: nobody reports on test by accident
     assert f'validation split: seeds {first}-{first}' in printed and 'of ideal' in printed
     result = json.loads(out.read_text())
-    assert result['protocol'] == {'split': 'validation', 'seeds': [first, first],
+    assert result['protocol'] == {'suite': 'tabletop', 'split': 'validation',
+                                  'seeds': [first, first],
                                   'split_range': [first, SPLITS['validation'].stop - 1]}
     summary = result['summary']
     assert set(summary) == {'full', 'dysl'}

@@ -1,4 +1,4 @@
-"""Closed-loop benchmark: success rate in the tabletop simulation, method by method.
+"""Closed-loop benchmark: success rate in a simulation suite, method by method.
 
 `python -m dysl_ros bench closed-loop` runs N seeded episodes per task in worker processes
 and reports per method: success per task and over all episodes, each with its 95% Wilson
@@ -12,8 +12,10 @@ the share of inferences that skipped in it and a histogram of the layers skipped
 its allow point's movement: the mean and max of (allow point - first dynamic layer) and
 the mean |change| of the allow point between consecutive inferences of an episode.
 
-Seeds come from a named split (sim.splits): `validation` (the default) for every choice,
-`test` only to report. --guidance overrides are choices, so they are refused on `test`.
+The suite (--suite, sim/suites.py) is the tabletop by default, or metaworld-mt10; the
+model's action names must be the suite's. Seeds come from a named split (sim.splits):
+`validation` (the default) for every choice, `test` only to report. --guidance overrides
+are choices, so they are refused on `test`.
 
 Timing: a worker job is one task and a block of seeds; it runs every method on each seed in
 turn, the order rotating with the seed, so every method is timed under the same
@@ -144,18 +146,19 @@ def run_job(policies: Mapping[str, Policy], env, instruction: str, seeds: Sequen
 
 def _worker(job: tuple) -> list[Episode]:
     """One task x seed block in a fresh process: one env, every method's policy."""
-    model_dir, methods, instruction, seeds, open_loop_steps, image_size, guidance = job
+    model_dir, methods, instruction, seeds, open_loop_steps, suite, guidance = job
     import torch
     torch.set_num_threads(1)
     from ..model.io import load_vla
     from ..runtime.methods import make_policy
-    from ..sim import SimConfig, TabletopEnv
+    from ..sim.suites import get_suite
     vla = load_vla(Path(model_dir))  # one copy of the weights, shared by the methods
     # only the actions that run before the next inference enter the continuity history;
     # profile: backbone_ms is read from the stage timings
     policies = {m: make_policy(m, Path(model_dir), vla=vla, profile=True, guidance={
         'executed_actions': open_loop_steps, **guidance}) for m in methods}
-    env = TabletopEnv(SimConfig(image_size=image_size))
+    sim = get_suite(suite)
+    env = sim.make_env(sim.config(image_size=vla.cfg.image_size, cameras=vla.cfg.cameras))
     try:
         return run_job(policies, env, instruction, seeds, open_loop_steps)
     finally:
@@ -302,6 +305,9 @@ def format_skips(summary: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime.methods import METHODS
     from ..sim.splits import SPLITS
+    from ..sim.suites import DEFAULT_SUITE, SUITES
+    parser.add_argument('--suite', choices=list(SUITES), default=DEFAULT_SUITE,
+                        help=f'simulation suite (default {DEFAULT_SUITE})')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model directory (default: the embedded models/default)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS),
@@ -329,17 +335,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import load_vla
-    from ..sim import TASKS
-    from ..sim.splits import SPLITS, split_seeds
+    from ..sim.splits import split_seeds
+    from ..sim.suites import get_suite
     if args.episodes < 1 or args.open_loop_steps < 1:
         raise SystemExit('--episodes and --open-loop-steps must be >= 1')
     if args.split == 'test' and args.guidance:
         raise SystemExit('--guidance chooses settings, and choices are made on the validation '
                          'split: store the chosen ones in the model (calibrate --guidance) and '
                          'report on test without overrides')
-    tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks]
+    suite = get_suite(args.suite)
+    tasks = [t for t in suite.tasks if args.tasks is None or t.name in args.tasks]
     if not tasks:
-        raise SystemExit(f'no task matches {args.tasks}; tasks: {[t.name for t in TASKS]}')
+        raise SystemExit(f'no task matches {args.tasks}; tasks: {suite.task_names}')
     try:
         seeds = split_seeds(args.split, args.episodes)
     except ValueError as e:
@@ -350,15 +357,18 @@ def run(args: argparse.Namespace) -> int:
     if args.open_loop_steps > vla.cfg.chunk_size:
         raise SystemExit(f'--open-loop-steps={args.open_loop_steps} exceeds the chunk size '
                          f'{vla.cfg.chunk_size}')
-    whole = SPLITS[args.split]
-    protocol = {'split': args.split, 'seeds': [seeds[0], seeds[-1]],
+    if vla.cfg.action_names != suite.action_names:
+        raise SystemExit(f'{args.model} acts in {vla.cfg.action_names}, the {suite.name} suite '
+                         f'in {suite.action_names}: pick the suite the model was trained on')
+    whole = suite.splits[args.split]
+    protocol = {'suite': suite.name, 'split': args.split, 'seeds': [seeds[0], seeds[-1]],
                 'split_range': [whole.start, whole.stop - 1]}
-    print(f'closed-loop on the {args.split} split: seeds {seeds[0]}-{seeds[-1]} per task (of '
-          f'{whole.start}-{whole.stop - 1}), {len(tasks)} tasks, methods {" ".join(args.methods)}'
-          f' interleaved per seed')
+    print(f'closed-loop, {suite.name}, on the {args.split} split: seeds {seeds[0]}-{seeds[-1]} '
+          f'per task (of {whole.start}-{whole.stop - 1}), {len(tasks)} tasks, methods '
+          f'{" ".join(args.methods)} interleaved per seed')
     blocks = max(1, min(len(seeds), 4))  # seeds per job: a few, so jobs balance
     jobs = [(str(args.model), list(args.methods), t.instruction, list(seeds[i::blocks]),
-             args.open_loop_steps, vla.cfg.image_size, guidance)
+             args.open_loop_steps, suite.name, guidance)
             for t in tasks for i in range(blocks)]
     episodes: list[Episode] = []
     with mp.get_context('spawn').Pool(args.workers) as pool:

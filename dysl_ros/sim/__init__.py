@@ -1,4 +1,5 @@
 """MuJoCo tabletop simulation: scene, language-selected tasks, scripted experts, demos.
+Meta-World MT10 is the second suite (metaworld_suite.py); suites.py registers both.
 
 Rendering is headless: MUJOCO_GL defaults to 'egl' (set MUJOCO_GL=osmesa to use OSMesa); it
 must be chosen before mujoco is first imported, which importing this package does.

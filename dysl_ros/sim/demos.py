@@ -4,11 +4,16 @@ One compressed .npz per successful expert episode, `<out>/<task>_s<seed>.npz`, w
 and stats.json beside them: the format of dysl_ros.datasets, which also reads them. Failed
 expert episodes are not kept (success is always True here).
 
-Recovery demos (`--recover-from MODEL`, see sim/recovery.py) are the expert's corrections from
-states the model itself reaches, with `takeover_step` set; train on them next to the plain
-demos (train-bc --demos A B).
+`--suite` picks the simulation (sim/suites.py): the tabletop (default) or metaworld-mt10,
+each with its own tasks, cameras, experts and action names (written to index.json). Episode
+seeds lie in the demos range of sim/splits.py (below 10**9), clear of validation and test.
+
+Recovery demos (`--recover-from MODEL`, see sim/recovery.py; tabletop only) are the expert's
+corrections from states the model itself reaches, with `takeover_step` set; train on them next
+to the plain demos (train-bc --demos A B).
 
     python -m dysl_ros gen-demos --out data/demos --episodes-per-task 100 --workers 2
+    python -m dysl_ros gen-demos --suite metaworld-mt10 --out data/mt10 --episodes-per-task 100
     python -m dysl_ros gen-demos --out data/recovery --recover-from models/default --seed 1
 """
 from __future__ import annotations
@@ -28,25 +33,26 @@ import numpy as np
 from tqdm import tqdm
 
 from dysl_ros.datasets import FORMAT, action_stats, prepare_dataset_dir, save_episode
-from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
 from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.recovery import OPEN_LOOP_STEPS, run_recovery_episode
-from dysl_ros.sim.tasks import TASKS
+from dysl_ros.sim.suites import DEFAULT_SUITE, SUITES, Suite, get_suite
 
 _SEED_STRIDE = 100_000   # episode seeds: seed * 10 * stride + task_index * stride + k
 
 
 def episode_seed(seed: int, task_index: int, k: int) -> int:
-    """Seed of the k-th attempt for TASKS[task_index] in a dataset generated from `seed`."""
+    """Seed of the k-th attempt for the suite's tasks[task_index] in a dataset generated
+    from `seed` (at most 10 tasks per suite)."""
     return (seed * 10 + task_index) * _SEED_STRIDE + k
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = None,
+def _init_worker(suite: str, sim_cfg, out_dir: str, recover_from: str | None = None,
                  open_loop_steps: int = OPEN_LOOP_STEPS) -> None:
-    env = TabletopEnv(sim_cfg)
+    sim = get_suite(suite)
+    env = sim.make_env(sim_cfg)
     multiprocessing.util.Finalize(env, env.close, exitpriority=10)
     policy = None
     if recover_from is not None:
@@ -54,7 +60,8 @@ def _init_worker(sim_cfg: SimConfig, out_dir: str, recover_from: str | None = No
         from dysl_ros.runtime.loading import open_policy
         torch.set_num_threads(1)   # one thread per worker process
         policy = open_policy(Path(recover_from), 'torch', 'full')
-    _WORKER.update(env=env, out=Path(out_dir), policy=policy, open_loop_steps=open_loop_steps)
+    _WORKER.update(env=env, expert=sim.make_expert, out=Path(out_dir), policy=policy,
+                   open_loop_steps=open_loop_steps)
 
 
 def _run_job(job: tuple[str, int]) -> dict:
@@ -63,7 +70,7 @@ def _run_job(job: tuple[str, int]) -> dict:
         rec = run_recovery_episode(_WORKER['env'], _WORKER['policy'], seed, task,
                                    _WORKER['open_loop_steps'])
     else:
-        rec = run_episode(_WORKER['env'], seed, task, record=True)
+        rec = run_episode(_WORKER['env'], seed, task, record=True, expert=_WORKER['expert'])
     meta = {k: rec[k] for k in ('task', 'instruction', 'seed', 'length', 'success')}
     if rec['success']:
         meta['file'] = f'{task}_s{seed}.npz'
@@ -72,8 +79,9 @@ def _run_job(job: tuple[str, int]) -> dict:
     return meta
 
 
-def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimConfig,
-                tasks: tuple[str, ...]) -> None:
+def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg,
+                tasks: tuple[str, ...], suite: Suite,
+                recover_from: str | os.PathLike | None = None) -> None:
     if not 1 <= episodes_per_task < _SEED_STRIDE // 2:
         raise ValueError(f'episodes_per_task={episodes_per_task!r} is invalid: expected '
                          f'1..{_SEED_STRIDE // 2 - 1}')
@@ -83,19 +91,21 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg: SimCon
         raise ValueError(f'seed={seed!r} is invalid: expected >= 0')
     if not sim_cfg.cameras:
         raise ValueError('sim_cfg.cameras is empty: demos need at least one camera')
-    names = [t.name for t in TASKS]
-    unknown = [t for t in tasks if t not in names]
+    if seed * 10 * _SEED_STRIDE >= 10**9:
+        raise ValueError(f'seed={seed!r} is invalid: expected < {10**9 // (10 * _SEED_STRIDE)} '
+                         '(episode seeds stay in the demos range below 10**9, sim/splits.py)')
+    unknown = [t for t in tasks if t not in suite.task_names]
     if unknown:
-        raise ValueError(f'tasks={unknown} are unknown: expected names from {names}')
-
-
+        raise ValueError(f'tasks={unknown} are unknown in suite {suite.name}: expected names '
+                         f'from {suite.task_names}')
+    if recover_from is not None and suite.name != 'tabletop':
+        raise ValueError(f'recover_from is tabletop-only (sim/recovery.py); suite={suite.name}')
 
 
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
-             workers: int = 1, sim_cfg: SimConfig | None = None,
-             tasks: tuple[str, ...] | None = None, overwrite: bool = False,
-             recover_from: str | os.PathLike | None = None,
-             open_loop_steps: int = OPEN_LOOP_STEPS) -> dict:
+             workers: int = 1, sim_cfg=None, tasks: tuple[str, ...] | None = None,
+             overwrite: bool = False, recover_from: str | os.PathLike | None = None,
+             open_loop_steps: int = OPEN_LOOP_STEPS, suite: str = DEFAULT_SUITE) -> dict:
     """Write `episodes_per_task` successful expert episodes per task; return a summary.
 
     With recover_from (a model folder), each episode is a recovery demonstration: the model
@@ -104,12 +114,14 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
 
     Failed expert episodes are dropped, counted and replaced by new seeds (at most
     2 * episodes_per_task + 10 attempts per task). workers > 1 uses spawned processes, each
-    with its own env; the dataset does not depend on the number of workers.
+    with its own env; the dataset does not depend on the number of workers. `suite` names
+    the simulation (sim/suites.py); sim_cfg is its config (default: the suite's defaults).
     """
-    sim_cfg = sim_cfg or SimConfig()
-    names = [t.name for t in TASKS]
+    sim = get_suite(suite)
+    sim_cfg = sim_cfg or sim.config()
+    names = sim.task_names
     tasks = tuple(tasks or names)
-    _check_args(episodes_per_task, workers, seed, sim_cfg, tasks)
+    _check_args(episodes_per_task, workers, seed, sim_cfg, tasks, sim, recover_from)
     if recover_from is not None:   # a bad model folder fails here, once, naming the file
         from dysl_ros.model.io import load_vla
         chunk = load_vla(Path(recover_from)).cfg.chunk_size
@@ -128,9 +140,9 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     if workers > 1:
         ctx = multiprocessing.get_context('spawn')
         pool = ctx.Pool(workers, initializer=_init_worker,
-                        initargs=(sim_cfg, str(out), recover_from, open_loop_steps))
+                        initargs=(suite, sim_cfg, str(out), recover_from, open_loop_steps))
     else:
-        _init_worker(sim_cfg, str(out), recover_from, open_loop_steps)
+        _init_worker(suite, sim_cfg, str(out), recover_from, open_loop_steps)
     bar = tqdm(total=0, desc='demos', unit='ep')
     try:
         while True:
@@ -177,7 +189,8 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
         per_task[t]['failed_seeds'].sort()
     episodes = [{k: m[k] for k in ('file', 'task', 'instruction', 'seed', 'length')}
                 for m in kept]
-    index = {'format': FORMAT, 'action_names': list(ACTION_NAMES),
+    index = {'format': FORMAT, 'suite': suite, 'split': 'demos',
+             'action_names': list(sim.action_names),
              'cameras': list(sim_cfg.cameras), 'image_size': sim_cfg.image_size,
              'control_hz': sim_cfg.control_hz, 'seed': seed,
              'sim_config': dataclasses.asdict(sim_cfg),
@@ -187,9 +200,9 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              'per_task': per_task}
     (out / 'index.json').write_text(json.dumps(index, indent=1))
     if kept:
-        stats = action_stats(np.concatenate([m['actions'] for m in kept]), ACTION_NAMES)
+        stats = action_stats(np.concatenate([m['actions'] for m in kept]), sim.action_names)
         (out / 'stats.json').write_text(json.dumps(stats, indent=1))
-    return {'out_dir': str(out), 'episodes': len(kept),
+    return {'out_dir': str(out), 'suite': suite, 'episodes': len(kept),
             'steps': int(sum(m['length'] for m in kept)),
             'failures': sum(v['failures'] for v in per_task.values()),
             'complete': all(v['kept'] == episodes_per_task for v in per_task.values()),
@@ -200,16 +213,19 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the gen-demos options."""
     parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--suite', choices=list(SUITES), default=DEFAULT_SUITE,
+                        help=f'simulation suite (default {DEFAULT_SUITE})')
     parser.add_argument('--episodes-per-task', type=int, default=100,
                         help='successful episodes to keep per task')
     parser.add_argument('--seed', type=int, default=0, help='dataset seed')
     parser.add_argument('--workers', type=int, default=max(1, min(8, os.cpu_count() or 1)),
                         help='parallel worker processes')
     parser.add_argument('--image-size', type=int, default=64, help='camera resolution (px)')
-    parser.add_argument('--cameras', nargs='+', default=['front', 'wrist'])
+    parser.add_argument('--cameras', nargs='+', default=None,
+                        help="cameras to render (default: the suite's, e.g. front wrist)")
     parser.add_argument('--shadows', action='store_true', help='render shadows (slower)')
     parser.add_argument('--tasks', nargs='+', default=None,
-                        choices=[t.name for t in TASKS], help='subset of tasks (default all)')
+                        help="subset of the suite's tasks (default all)")
     parser.add_argument('--overwrite', action='store_true', help='replace an existing dataset')
     parser.add_argument('--recover-from', metavar='MODEL', default=None,
                         help='record recovery demos: this model drives until near contact, '
@@ -221,11 +237,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate demos from parsed arguments; print a per-task table; 0 if complete."""
-    tasks = tuple(args.tasks or [t.name for t in TASKS])
+    suite = get_suite(args.suite)
+    tasks = tuple(args.tasks or suite.task_names)
     try:
-        cfg = SimConfig(image_size=args.image_size, cameras=tuple(args.cameras),
-                        shadows=args.shadows)
-        _check_args(args.episodes_per_task, args.workers, args.seed, cfg, tasks)
+        cfg = suite.config(image_size=args.image_size, shadows=args.shadows,
+                           cameras=tuple(args.cameras or suite.config().cameras))
+        _check_args(args.episodes_per_task, args.workers, args.seed, cfg, tasks, suite,
+                    args.recover_from)
     except ValueError as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2
@@ -233,14 +251,15 @@ def run(args: argparse.Namespace) -> int:
         summary = generate(args.out, args.episodes_per_task, seed=args.seed,
                            workers=args.workers, sim_cfg=cfg, tasks=tasks,
                            overwrite=args.overwrite, recover_from=args.recover_from,
-                           open_loop_steps=args.open_loop_steps)
+                           open_loop_steps=args.open_loop_steps, suite=args.suite)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2
-    print(f'{"task":<16} {"kept":>5} {"attempts":>8} {"failures":>8} {"mean_len":>8}')
+    print(f'{args.suite}, demos split (episode seeds below 10**9)')
+    print(f'{"task":<22} {"kept":>5} {"attempts":>8} {"failures":>8} {"mean_len":>8}')
     for name, s in summary['per_task'].items():
         mean_len = math.nan if s['mean_length'] is None else s['mean_length']
-        print(f'{name:<16} {s["kept"]:>5} {s["attempts"]:>8} {s["failures"]:>8} '
+        print(f'{name:<22} {s["kept"]:>5} {s["attempts"]:>8} {s["failures"]:>8} '
               f'{mean_len:>8.1f}')
     print(f'{summary["episodes"]} episodes kept, {summary["failures"]} failed expert episodes '
           f'dropped, {summary["steps"]} steps in '

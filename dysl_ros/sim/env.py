@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from dysl_ros.sim.scene import (  # noqa: E402
     BLOCK_HALF, BLOCK_NAMES, CABINET_Y, CAMERAS, FINGER_OPEN, build_scene_xml)
-from dysl_ros.sim.tasks import TASKS, SuccessMonitor, Task, find_task, task_by_name  # noqa: E402
+from dysl_ros.sim.tasks import SuccessMonitor, Task, select_task  # noqa: E402
 
 from dysl_ros.model.config import ACTION_NAMES  # noqa: E402  (one definition, shared)
 from dysl_ros.validation import require  # noqa: E402
@@ -212,17 +212,8 @@ class TabletopEnv:
               task: str | Task | None = None) -> Observation:
         """Start an episode: place objects from `seed`; the task comes from the instruction,
         the task (name or Task) or, when both are None, from the seed."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f'seed={seed!r} is invalid: expected an int >= 0')
+        chosen = select_task(seed, instruction, task)
         rng = np.random.default_rng(int(seed))
-        chosen = None if instruction is None else find_task(instruction)
-        if task is not None:
-            by_task = task if isinstance(task, Task) else task_by_name(task)
-            if chosen is not None and chosen != by_task:
-                raise ValueError(f'instruction={instruction!r} does not match task={task!r}')
-            chosen = by_task
-        if chosen is None:   # own stream: the placement does not depend on how the task was chosen
-            chosen = TASKS[int(np.random.default_rng([int(seed), 1]).integers(len(TASKS)))]
         self._task, self.seed = chosen, int(seed)
         self.episode += 1
 

@@ -1,4 +1,4 @@
-"""Scripted experts (privileged state) for every task, and a success-rate command.
+"""Scripted experts (privileged state) for every tabletop task, and the episode runner.
 
 The experts move the gripper target with a trapezoidal speed profile: fast and smooth in free
 space (up to 2 cm/step, speed changes of at most 4 mm/step), slow around contact (approach,
@@ -9,21 +9,17 @@ After each act(), `expert.phase` names the phase that produced the action: 'reac
 grasp or the push contact was lost: back up to hover height and reach again).
 `take_over(last_action)` continues from a state another controller left (recovery demos).
 
-    python -m dysl_ros.sim.expert --episodes 50            # per-task success, no rendering
-    python -m dysl_ros.sim.expert --episodes 10 --render   # with 64 px front + wrist cameras
+Per-task success of any suite's experts: `python -m dysl_ros.sim.check_experts`.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import time
+from typing import Callable
 
 import numpy as np
 
-from dysl_ros.sim.env import SimConfig, TabletopEnv, wrap_angle
+from dysl_ros.sim.env import TabletopEnv, wrap_angle
 from dysl_ros.sim.scene import BLOCK_HALF
-from dysl_ros.sim.tasks import TASKS
 
 HOVER_Z = 0.10         # tool centre point height for free-space moves near objects
 LIFT_Z = 0.15          # pick: lift to this height, then hold
@@ -260,16 +256,17 @@ def make_expert(env: TabletopEnv) -> Expert:
     return Expert(env)
 
 
-def run_episode(env: TabletopEnv, seed: int, task_name: str,
-                record: bool = False) -> dict:
-    """Run one expert episode; return success, length and (if record) observations/actions."""
-    task = next(t for t in TASKS if t.name == task_name)
-    obs = env.reset(seed=seed, task=task)
-    return finish_episode(env, make_expert(env), obs, seed, record)
+def run_episode(env: TabletopEnv, seed: int, task_name: str, record: bool = False,
+                expert: Callable = make_expert) -> dict:
+    """Run one expert episode; return success, length and (if record) observations/actions.
+    Any suite's env works with its own expert factory (sim/suites.py)."""
+    obs = env.reset(seed=seed, task=task_name)
+    return finish_episode(env, expert(env), obs, seed, record)
 
 
 def finish_episode(env: TabletopEnv, expert: Expert, obs, seed: int, record: bool) -> dict:
-    """Let `expert` act from observation `obs` until the episode ends (see run_episode)."""
+    """Let `expert` act from observation `obs` until the episode ends (see run_episode; any
+    suite's env and expert)."""
     task = env.task
     images = {c: [] for c in env.cfg.cameras}
     actions, phases = [], []
@@ -289,47 +286,3 @@ def finish_episode(env: TabletopEnv, expert: Expert, obs, seed: int, record: boo
         out['actions'] = np.stack(actions)
         out['phases'] = np.array(phases)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print per-task expert success rate, mean episode length and steps/s."""
-    from tqdm import tqdm
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--episodes', type=int, default=50, help='episodes per task')
-    p.add_argument('--seed', type=int, default=0, help='first seed (seeds seed..seed+N-1)')
-    p.add_argument('--render', action='store_true', help='render front + wrist cameras')
-    p.add_argument('--image-size', type=int, default=64)
-    p.add_argument('--shadows', action='store_true', help='render shadows (slower)')
-    p.add_argument('--tasks', nargs='*', default=[t.name for t in TASKS])
-    args = p.parse_args(argv)
-    cfg = SimConfig(image_size=args.image_size, shadows=args.shadows,
-                    cameras=('front', 'wrist') if args.render else ())
-    env = TabletopEnv(cfg)
-    rows, all_ok = [], True
-    try:
-        for name in args.tasks:
-            results, t0 = [], time.perf_counter()
-            for i in tqdm(range(args.episodes), desc=name, leave=False):
-                results.append(run_episode(env, args.seed + i, name))
-            dt = time.perf_counter() - t0
-            steps = sum(r['length'] for r in results)
-            ok = [r for r in results if r['success']]
-            rate = len(ok) / len(results)
-            all_ok &= rate >= 0.95
-            failed = [r['seed'] for r in results if not r['success']]
-            rows.append((name, len(ok), len(results), rate,
-                         np.mean([r['length'] for r in ok]) if ok else float('nan'),
-                         steps / dt, failed))
-    finally:
-        env.close()
-    print(f'render={args.render} image_size={args.image_size} shadows={cfg.shadows} '
-          f'MUJOCO_GL={os.environ.get("MUJOCO_GL")}')
-    print(f'{"task":<16} {"success":>9} {"rate":>6} {"mean_len":>9} {"steps/s":>8}  failed seeds')
-    for name, n_ok, n, rate, mean_len, sps, failed in rows:
-        print(f'{name:<16} {n_ok:>4}/{n:<4} {rate:>6.2f} {mean_len:>9.1f} {sps:>8.0f}  '
-              f'{failed[:10]}')
-    return 0 if all_ok else 1
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

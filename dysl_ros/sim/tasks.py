@@ -15,6 +15,7 @@ random-walk actions):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,22 +87,38 @@ TASKS: tuple[Task, ...] = (
 )
 
 
-def find_task(instruction: str) -> Task:
-    """Return the task whose instruction matches (case/whitespace-insensitive)."""
+def find_task(instruction: str, tasks: Sequence = TASKS):
+    """Return the task of `tasks` whose instruction matches (case/whitespace-insensitive)."""
     key = normalize_instruction(instruction)
-    for task in TASKS:
+    for task in tasks:
         if task.instruction == key:
             return task
-    known = ', '.join(repr(t.instruction) for t in TASKS)
+    known = ', '.join(repr(t.instruction) for t in tasks)
     raise ValueError(f'unknown instruction {instruction!r}; known instructions: {known}')
 
 
-def task_by_name(name: str) -> Task:
-    """Return the task with this name."""
-    for task in TASKS:
+def task_by_name(name: str, tasks: Sequence = TASKS):
+    """Return the task of `tasks` with this name."""
+    for task in tasks:
         if task.name == name:
             return task
-    raise ValueError(f'unknown task {name!r}; known tasks: {[t.name for t in TASKS]}')
+    raise ValueError(f'unknown task {name!r}; known tasks: {[t.name for t in tasks]}')
+
+
+def select_task(seed: int, instruction: str | None = None, task=None, tasks: Sequence = TASKS):
+    """The episode's task (any suite's): from the instruction, the task (a name or one of
+    `tasks`) or, when both are None, from the seed (an int >= 0, checked here)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f'seed={seed!r} is invalid: expected an int >= 0')
+    chosen = None if instruction is None else find_task(instruction, tasks)
+    if task is not None:
+        by_task = task_by_name(task, tasks) if isinstance(task, str) else task
+        if chosen is not None and chosen != by_task:
+            raise ValueError(f'instruction={instruction!r} does not match task={task!r}')
+        chosen = by_task
+    if chosen is None:   # own stream: the placement does not depend on how the task was chosen
+        chosen = tasks[int(np.random.default_rng([int(seed), 1]).integers(len(tasks)))]
+    return chosen
 
 
 class SuccessMonitor:

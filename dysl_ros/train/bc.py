@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..datasets import read_index
 from ..model.config import VLAConfig, from_dict
 from ..model.io import VLA_JSON, load_vla, read_json, read_tensors, save_vla, write_json
 from ..model.vla import VLA
@@ -385,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cameras, size = demo_cameras(args.demos[0])
         vcfg = VLAConfig(image_size=args.image_size or size, cameras=cameras,
+                         action_names=tuple(read_index(args.demos[0])['action_names']),
                          patch_size=args.patch_size, d_model=args.d_model,
                          n_layers=args.n_layers, n_heads=args.n_heads,
                          chunk_size=args.chunk_size)
