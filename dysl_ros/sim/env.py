@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from dysl_ros.sim.scene import (  # noqa: E402
     BLOCK_HALF, BLOCK_NAMES, CABINET_Y, CAMERAS, FINGER_OPEN, build_scene_xml)
-from dysl_ros.sim.tasks import SuccessMonitor, Task, select_task  # noqa: E402
+from dysl_ros.sim.tasks import EpisodeEnv, SuccessMonitor, Task, select_task  # noqa: E402
 
 from dysl_ros.model.config import ACTION_NAMES  # noqa: E402  (one definition, shared)
 from dysl_ros.validation import require  # noqa: E402
@@ -160,7 +160,7 @@ def quat_yaw(q: np.ndarray) -> float:
     return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 
-class TabletopEnv:
+class TabletopEnv(EpisodeEnv):
     """MuJoCo tabletop with language-selected tasks; see the module docstring for actions."""
 
     def __init__(self, cfg: SimConfig | None = None) -> None:
@@ -254,15 +254,7 @@ class TabletopEnv:
 
     def step(self, action: np.ndarray) -> tuple[Observation, bool, dict]:
         """Apply one action (7,), simulate one control period; return (obs, done, info)."""
-        if self._task is None:
-            raise RuntimeError('step() called before reset()')
-        if self._done:
-            raise RuntimeError('the episode is over (success or time limit); call reset()')
-        # float32 precision on purpose: stored (float32) actions replay bit-identically.
-        a = np.asarray(action, dtype=np.float32).astype(np.float64).reshape(-1)
-        if a.shape != (7,) or not np.all(np.isfinite(a)):
-            raise ValueError(f'action is invalid: expected 7 finite values {ACTION_NAMES}, '
-                             f'got {np.asarray(action).tolist()}')
+        a = self._checked_action(action, ACTION_NAMES)
         cfg = self.cfg
         target = self._target_pos + np.clip(a[:3], -cfg.max_translation, cfg.max_translation)
         # Keep the target near the real gripper: bounds the weld force, so a blocked gripper
@@ -305,34 +297,10 @@ class TabletopEnv:
             self._renderer.close()
             self._renderer = None
 
-    def __enter__(self) -> 'TabletopEnv':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ---- read-only views ------------------------------------------------------------------
-    @property
-    def task(self) -> Task:
-        if self._task is None:
-            raise RuntimeError('no task yet: call reset()')
-        return self._task
-
     @property
     def success(self) -> bool:
         return bool(self._monitor is not None and self._monitor.success)
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def step_count(self) -> int:
-        return self._step
-
-    @property
-    def max_steps(self) -> int:
-        return self.cfg.max_steps or self.task.max_steps
 
     def progress(self) -> float:
         """Metres lifted / pushed / opened so far for the current task."""

@@ -36,7 +36,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dysl_ros.sim.env import Observation  # noqa: E402
-from dysl_ros.sim.tasks import normalize_instruction, select_task  # noqa: E402
+from dysl_ros.sim.tasks import EpisodeEnv, normalize_instruction, select_task  # noqa: E402
 from dysl_ros.validation import require  # noqa: E402
 
 ACTION_NAMES = ('dx', 'dy', 'dz', 'gripper')
@@ -159,7 +159,7 @@ class _Instance:
         self.mw.close()
 
 
-class MetaWorldEnv:
+class MetaWorldEnv(EpisodeEnv):
     """The MT10 tasks behind TabletopEnv's interface; see the module docstring."""
 
     def __init__(self, cfg: MetaWorldConfig | None = None) -> None:
@@ -191,15 +191,7 @@ class MetaWorldEnv:
 
     def step(self, action: np.ndarray) -> tuple[Observation, bool, dict]:
         """Apply one action (4,), simulate one control period; return (obs, done, info)."""
-        if self._task is None:
-            raise RuntimeError('step() called before reset()')
-        if self._done:
-            raise RuntimeError('the episode is over (success or time limit); call reset()')
-        # float32 precision on purpose: stored (float32) actions replay bit-identically.
-        a = np.asarray(action, dtype=np.float32).astype(np.float64).reshape(-1)
-        if a.shape != (4,) or not np.all(np.isfinite(a)):
-            raise ValueError(f'action is invalid: expected 4 finite values {ACTION_NAMES}, '
-                             f'got {np.asarray(action).tolist()}')
+        a = self._checked_action(action, ACTION_NAMES)
         self._obs, _, _, _, mw_info = self._instance.mw.step(np.clip(a, ACTION_LOW, ACTION_HIGH))
         self._step += 1
         self._max_progress = max(self._max_progress, self.progress())
@@ -228,34 +220,10 @@ class MetaWorldEnv:
             inst.close()
         self._instances.clear()
 
-    def __enter__(self) -> 'MetaWorldEnv':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # ---- read-only views ------------------------------------------------------------------
-    @property
-    def task(self) -> MT10Task:
-        if self._task is None:
-            raise RuntimeError('no task yet: call reset()')
-        return self._task
-
     @property
     def success(self) -> bool:
         return self._success
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def step_count(self) -> int:
-        return self._step
-
-    @property
-    def max_steps(self) -> int:
-        return self.cfg.max_steps or self.task.max_steps
 
     def progress(self) -> float:
         """Metres the task's object moved from where it started (0 for reach)."""

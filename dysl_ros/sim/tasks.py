@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -161,3 +162,57 @@ class SuccessMonitor:
         self.streak = self.streak + 1 if ok else 0
         self.success = self.success or self.streak >= self.task.hold_steps
         return self.success
+
+
+class EpisodeEnv:
+    """What every suite's env shares: the episode's read-only views and context-manager use.
+
+    A subclass sets `cfg` (with `max_steps`, 0 or None: the task's), `_task`, `_step` and
+    `_done`, and defines `success` and `close()`.
+    """
+
+    cfg: Any
+    _task: Any = None
+    _step: int = 0
+    _done: bool = False
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> 'EpisodeEnv':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            raise RuntimeError('no task yet: call reset()')
+        return self._task
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    @property
+    def max_steps(self) -> int:
+        return self.cfg.max_steps or self.task.max_steps
+
+    def _checked_action(self, action: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """A step's action as float64 (through float32 on purpose: stored float32 actions
+        replay bit-identically), refused before reset(), after the episode ended, or when it
+        is not len(names) finite values."""
+        if self._task is None:
+            raise RuntimeError('step() called before reset()')
+        if self._done:
+            raise RuntimeError('the episode is over (success or time limit); call reset()')
+        a = np.asarray(action, dtype=np.float32).astype(np.float64).reshape(-1)
+        if a.shape != (len(names),) or not np.all(np.isfinite(a)):
+            raise ValueError(f'action is invalid: expected {len(names)} finite values '
+                             f'{tuple(names)}, got {np.asarray(action).tolist()}')
+        return a
