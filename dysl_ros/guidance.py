@@ -252,6 +252,11 @@ class Guidance:
         """Current P_k per segment (a copy)."""
         return self._points.copy()
 
+    @property
+    def protecting(self) -> bool:
+        """Whether a continuity drop holds some P_k past S_k + 1 (until released)."""
+        return bool((self._points > self._low).any())
+
     def continuity(self) -> tuple[float | None, float | None]:
         """The last (C, dC); None while undefined."""
         return self._c, self._dc

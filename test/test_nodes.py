@@ -345,6 +345,47 @@ def test_bad_input_is_counted_and_the_node_keeps_serving(tiny_model):
         wait_for(reported, 10.0, '/diagnostics with the errors')
 
 
+def test_an_unmeetable_latency_budget_warns_with_its_figures(tiny_model):
+    """latency_budget_ms is range-checked, refused without skipping, and when no step can meet
+    it the threshold shift saturates: ~/step_stats and a WARN on /diagnostics say so."""
+    with LocalLaunch() as launch:
+        node = launch.add(make_tester)
+        chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
+        steps = Collector(node, String, 'policy_node/step_stats', STATUS_QOS)
+        diagnostics = Collector(node, DiagnosticArray, '/diagnostics', STATUS_QOS)
+        camera = Camera(node)
+        policy = launch.add(PolicyNode, parameter_overrides=policy_params(
+            tiny_model, method='full', latency_budget_ms=1e-3))
+        launch.start()
+        assert policy.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert 'latency_budget_ms=0.001 needs a skipping method' in policy.error_text
+        refused = policy.set_parameters([Parameter('latency_budget_ms', value=-1.0)])[0]
+        assert not refused.successful and 'latency_budget_ms' in refused.reason
+        policy.set_parameters([Parameter('method', value='dysl')])
+        assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        send_instruction(node)
+        publish_until_chunk(camera, chunks)
+
+        def warned():
+            camera.publish()
+            time.sleep(0.05)
+            for m in diagnostics.msgs():
+                if 'latency budget unmet' in m.status[0].message:
+                    values = {kv.key: kv.value for kv in m.status[0].values}
+                    assert m.status[0].level == DiagnosticStatus.WARN
+                    assert values['latency_budget_ms'] == '0.001'
+                    assert float(values['threshold_shift']) >= 0.3 - 0.02  # at its bound
+                    assert float(values['latency_p95_ms']) > 0.001
+                    return True
+            return False
+        wait_for(warned, 20.0, 'a latency budget WARN')
+        info = json.loads(steps.msgs()[-1].data)
+        assert info['latency_budget_ms'] == 1e-3 and info['latency_budget_unmet']
+        model = policy.policy.threshold  # the step's threshold; the figures are after it
+        assert model - 0.3 - 1e-9 <= info['threshold'] <= model
+
+
 def test_non_finite_model_output_gives_no_chunk(nan_model):
     with LocalLaunch() as launch:
         node = launch.add(make_tester)

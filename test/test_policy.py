@@ -6,6 +6,7 @@ import torch
 from dysl_ros.guidance import GuidanceConfig
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
+from dysl_ros.runtime.budget import LatencyBudget
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner
 
@@ -120,3 +121,37 @@ def test_without_verification_a_skipped_chunk_is_kept(model):
     for images in _observations(12, seed=1):
         chunk, stats = policy.step(images, 'open the drawer')
         assert not stats.verified and stats.layers_run == 3
+
+
+def test_a_latency_budget_skips_more_only_outside_protected_steps(model):
+    """A budget no step meets lowers the threshold step by step, so the guided pass runs fewer
+    layers than without a budget; while the guidance protects a drop (allow points held
+    deep) the steps run at the model's threshold, though their latency still counts."""
+    vla, dysl = model
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    guidance = GuidanceConfig(pre_skip=False, verify=False)  # the points move only when set
+    plain = GuidedPolicy(TorchRunner(vla, dysl), spec, guidance)
+    budgeted = GuidedPolicy(TorchRunner(vla, dysl), spec, guidance)
+    budgeted.budget = LatencyBudget(budget_ms=1e-3)
+    layers, thresholds = [], []
+    for images in _observations(10):
+        _, base = plain.step(images, 'pick up the red block')
+        _, stats = budgeted.step(images, 'pick up the red block')
+        assert base.threshold == spec.skip_threshold
+        layers.append((len(base.layer_ids), len(stats.layer_ids)))
+        thresholds.append(stats.threshold)
+    assert thresholds[0] == spec.skip_threshold and np.all(np.diff(thresholds) < 0)
+    assert layers[0][0] == layers[0][1] and layers[-1][1] < layers[-1][0]
+    assert sum(b for _, b in layers) < sum(a for a, _ in layers)
+
+    shift = budgeted.budget.shift
+    for policy in (plain, budgeted):  # a drop holds segment 0's allow point one layer deep
+        state = policy.guidance.state_dict()
+        state['allow_points'] = state['allow_points'] + np.array([1, 0, 0])
+        policy.guidance.load_state_dict(state)
+    for images in _observations(3, seed=2):
+        _, base = plain.step(images, 'pick up the red block')
+        _, stats = budgeted.step(images, 'pick up the red block')
+        assert stats.threshold == spec.skip_threshold
+        assert stats.layer_ids == base.layer_ids and stats.skipped_at == base.skipped_at
+    assert budgeted.budget.shift > shift

@@ -12,7 +12,8 @@ Topics (relative names; remap freely):
                                    the primary camera's image stamp, joint_names = the model's
                                    action names, point i = action i, time_from_start = i * dt
                 ~/step_stats       std_msgs/String, one JSON object per chunk (provenance:
-                                   stamp, episode, layers run, skipped at, verified, latency)
+                                   stamp, episode, layers run, skipped at, verified, latency;
+                                   with latency_budget_ms: threshold and budget figures)
                 /diagnostics       diagnostic_msgs/DiagnosticArray at diagnostics_rate
     services    ~/reset            std_srvs/Trigger: start a new episode
 
@@ -319,7 +320,8 @@ class PolicyNode(LifecycleNode):
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
         self._stats_pub.publish(String(data=step_stats(
-            seq, episode, primary, step, start, policy_ms, c2c_ms).to_json()))
+            seq, episode, primary, step, start, policy_ms, c2c_ms,
+            getattr(self.policy, 'budget', None)).to_json()))
         return None
 
     def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
@@ -388,6 +390,8 @@ class PolicyNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         s = self.stats.summary()
+        budget = getattr(self.policy, 'budget', None)  # a LatencyBudget, or None (off)
+        figures = budget.report() if budget is not None else {}
         session = self.session
         active, episode = (session.active, session.episode) if session else (False, 0)
         if self._error_text:
@@ -396,13 +400,19 @@ class PolicyNode(LifecycleNode):
             level, text = DiagnosticStatus.WARN, 'inactive' if self.policy else 'unconfigured'
         elif s['errors']:
             level, text = DiagnosticStatus.WARN, f'active, {s["errors"]} errors'
+        elif figures.get('latency_budget_unmet'):
+            level, text = DiagnosticStatus.WARN, (
+                f'active, latency budget unmet: step p95 {figures["latency_p95_ms"]:.1f} ms > '
+                f'{figures["latency_budget_ms"]:.1f} ms at the maximum threshold shift '
+                f'{figures["max_threshold_shift"]:.2f}')
         else:
             level, text = DiagnosticStatus.OK, 'active'
         backend = self.cfg.backend if self.cfg is not None else self._values['backend']
         status = DiagnosticStatus(
             level=level, name=f'{self.get_fully_qualified_name()}: policy', message=text,
             hardware_id=backend,
-            values=[KeyValue(key=k, value=_fmt(v)) for k, v in {**s, 'episode': episode}.items()])
+            values=[KeyValue(key=k, value=_fmt(v))
+                    for k, v in {**s, 'episode': episode, **figures}.items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)

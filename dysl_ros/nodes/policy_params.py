@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..paths import default_model_dir
+from ..runtime.budget import LatencyBudget
 from ..runtime.engine_build import PRECISIONS
 from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_policy
 from ..runtime.messages import ImageConversionError
@@ -88,6 +89,10 @@ PARAMS = (
           'step finished, > 0 infers at this rate from the newest frame', 0.0, 1000.0),
     Param('control_rate', 20.0, 'Hz of the actions in a chunk: time_from_start of point i is '
           'i / control_rate', 0.1, 1000.0),
+    Param('latency_budget_ms', 0.0, 'ms; 0 = off. The policy step p95 to hold: while steps '
+          'run over it the controllers\' threshold comes down (more skipping), by 0.3 at most '
+          'and never on a step whose guidance protects a continuity drop; /diagnostics says '
+          'WARN when it still cannot be met. Needs a skipping method (dysl)', 0.0, 60000.0),
     Param('instruction', '', 'instruction to start with; empty waits for the instruction '
           'topic'),
     Param('max_instruction_length', 256, 'longer instructions are rejected (characters)',
@@ -127,6 +132,7 @@ class PolicyNodeConfig:
     max_future_stamp: float
     inference_rate: float
     control_rate: float
+    latency_budget_ms: float
     instruction: str
     max_instruction_length: int
     diagnostics_rate: float
@@ -192,7 +198,8 @@ def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
 
 def configure_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     """What configure runs on the model thread: torch_threads, load_policy, a check of the
-    model's cameras against camera_names, warmup_steps steps on blank frames, a reset."""
+    model's cameras against camera_names, warmup_steps steps on blank frames, a reset, then
+    the latency budget (after the warmup, whose first steps are slow)."""
     t0 = time.perf_counter()
     if cfg.backend == 'torch' and cfg.torch_threads:
         import torch
@@ -207,6 +214,12 @@ def configure_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     for _ in range(cfg.warmup_steps):
         policy.step(blank, WARMUP_INSTRUCTION)
     policy.reset()
+    if cfg.latency_budget_ms:
+        if not getattr(policy, 'skipping', False):
+            raise ValueError(f'latency_budget_ms={cfg.latency_budget_ms} needs a skipping '
+                             f'method: method={cfg.method!r} has no threshold to move (set '
+                             'method to dysl, or latency_budget_ms to 0)')
+        policy.budget = LatencyBudget(cfg.latency_budget_ms, window=cfg.stats_window)
     log(f'model loaded and warmed up ({cfg.warmup_steps} steps) in '
         f'{time.perf_counter() - t0:.1f} s')
     return policy

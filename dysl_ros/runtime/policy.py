@@ -21,6 +21,7 @@ from ..layout import Layout
 from ..model.processing import preprocess_images
 from ..model.tokenizer import WordTokenizer
 from ..skipping import as_segments, resume_full_depth, walk_segments
+from .budget import LatencyBudget
 from .runner import Runner
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class StepStats:
     latency_ms: dict[str, float] = field(default_factory=dict)
     continuity: Optional[float] = None
     continuity_change: Optional[float] = None
+    threshold: Optional[float] = None  # the controllers' threshold of the guided pass
 
     @property
     def layer_fraction(self) -> float:
@@ -116,7 +118,8 @@ class GuidedPolicy:
 
     A runner of segments gets one launch per segment and one read of the skip positions
     per step; a runner of units is walked unit by unit (skipping.as_segments).
-    `threshold` is the controllers' threshold (the model's, unless a caller moves it).
+    `threshold` is the controllers' threshold (the model's, unless a caller moves it);
+    a `budget` (LatencyBudget, None: off) lowers it per step while steps run over budget.
 
     StepStats.latency_ms holds the step's wall time ('total'); profile=True adds the time
     of each stage, synchronising the runner at every stage boundary (benchmarks only).
@@ -133,6 +136,7 @@ class GuidedPolicy:
         self.spec = spec
         self.skipping = skipping
         self.threshold = spec.skip_threshold
+        self.budget: Optional[LatencyBudget] = None
         self.profile = profile  # per-stage latency (a device sync per stage); else total only
         segments = [(s.static, s.end) for s in spec.layout.segments]
         self.guidance = Guidance(guidance, segments)
@@ -145,11 +149,14 @@ class GuidedPolicy:
         r, t = self.runner, Clock(self.runner, self.profile)
         pixels, tokens = self.spec.prepare(images, instruction)
         allow = self.guidance.allow_points if self.skipping else None
+        budget = self.budget  # None: off, and the guidance is not asked
+        protecting = budget is not None and self.guidance.protecting
+        threshold = self.threshold - (0.0 if budget is None else budget.shift_for(protecting))
         t.lap('prepare')
         x = r.embed(pixels, tokens)
         t.lap('embed')
         layout, segments = self.spec.layout, as_segments(r, self.spec.layout)
-        x, trace = walk_segments(x, layout, segments, allow, self.threshold)
+        x, trace = walk_segments(x, layout, segments, allow, threshold)
         t.lap('backbone')
         chunk = check_finite(r.head(x))  # before the guidance sees it
         t.lap('head')
@@ -167,7 +174,10 @@ class GuidedPolicy:
             layers_run=layers_run, layers_total=self.spec.layout.num_layers,
             layer_ids=list(trace.layers_run), skipped_at=list(trace.skipped_at),
             verified=verified, allow_points=[int(a) for a in (ends if allow is None else allow)],
-            latency_ms=t.total(), continuity=c, continuity_change=dc)
+            latency_ms=t.total(), continuity=c, continuity_change=dc,
+            threshold=None if allow is None else threshold)
+        if budget is not None:
+            budget.observe(stats.latency_ms['total'])
         return self.spec.unnormalise(chunk), stats
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .budget import LatencyBudget
 from .frames import Frame, FrameGate, Rejected
 from .messages import StepStats
 
@@ -146,10 +147,12 @@ class PolicySession:
 
 
 def step_stats(seq: int, episode: int, primary: Frame, step: Any, start_ns: int,
-               policy_ms: float, camera_to_chunk_ms: float) -> StepStats:
+               policy_ms: float, camera_to_chunk_ms: float,
+               budget: Optional[LatencyBudget] = None) -> StepStats:
     """The statistics of a step on the `primary` camera's frame that began at start_ns and
     whose chunk was out camera_to_chunk_ms after the frame's stamp (`step`: the policy's
-    StepStats, dysl_ros.runtime.policy)."""
+    StepStats, dysl_ros.runtime.policy), with the step's threshold and the latency budget's
+    figures when the policy has a budget."""
     stamp = primary.stamp_ns
     return StepStats(
         seq=seq, episode=episode, stamp_ns=stamp, layers_run=step.layers_run,
@@ -164,4 +167,5 @@ def step_stats(seq: int, episode: int, primary: Frame, step: Any, start_ns: int,
                    'step': policy_ms,
                    'chunk message and publish':
                        camera_to_chunk_ms - (start_ns - stamp) * 1e-6 - policy_ms},
-        latency_ms=dict(step.latency_ms))
+        latency_ms=dict(step.latency_ms),
+        extra={} if budget is None else {'threshold': step.threshold, **budget.report()})
