@@ -452,16 +452,21 @@ def run(args: argparse.Namespace) -> int:
           f'opset {manifest.opset}, '
           f'{manifest.precision}, layout static {list(manifest.layout.static)} '
           f'of {manifest.layout.num_layers}')
-    print(f'{"unit":<15} {"inputs":<40} {"outputs":<28} {"rel err":>9}')
+    def tensors(specs: Sequence[TensorSpec]) -> str:
+        return ' '.join(f'{t.name}{list(t.shape)}' for t in specs)
+
+    rows = []
     for u in manifest.units:
-        ins = ' '.join(f'{t.name}{list(t.shape)}' for t in u.inputs)
-        outs = ' '.join(f'{t.name}{list(t.shape)}' for t in u.outputs)
-        rel = f'{by_unit[u.name].rel:.2e}' if u.name in by_unit else '-'
-        print(f'{u.name:<15} {ins:<40} {outs:<28} {rel:>9}')
-        if u.fused_controller is not None and f'controller_{u.fused_controller}' in by_unit:
-            c = by_unit[f'controller_{u.fused_controller}']
-            print(f'{"  +controller_" + str(u.fused_controller):<15} {"(fused)":<40} '
-                  f'{"prob[1]":<28} {c.rel:>9.2e}')
+        rows.append((u.name, tensors(u.inputs), tensors(u.outputs),
+                     f'{by_unit[u.name].rel:.2e}' if u.name in by_unit else '-'))
+        c = by_unit.get(f'controller_{u.fused_controller}')
+        if c is not None:  # computed by this layer's graph
+            rows.append((f'  +controller_{u.fused_controller}', '(fused)', 'prob[1]',
+                         f'{c.rel:.2e}'))
+    w = [max(len(r[i]) for r in rows + [('graph', 'inputs', 'outputs', '')]) for i in range(3)]
+    print(f'{"graph":<{w[0]}}  {"inputs":<{w[1]}}  {"outputs":<{w[2]}}  {"rel err":>9}')
+    for name, ins, outs, rel in rows:
+        print(f'{name:<{w[0]}}  {ins:<{w[1]}}  {outs:<{w[2]}}  {rel:>9}')
     if checks:
         worst = max(checks, key=lambda c: c.rel)
         print(f'parity vs PyTorch: every unit within {args.rtol or RTOL[manifest.precision]:g} '
