@@ -55,7 +55,12 @@ prepare() {
   else
     log "exporting $model to $export_dir (first start, or the model or the package changed)"
     rm -rf "$export_dir.new"
-    ros2 run dysl_ros dysl export --model "$model" --out "$export_dir.new"
+    if ! ros2 run dysl_ros dysl export --model "$model" --out "$export_dir.new"; then
+      # Segment graphs need torch >= 2.6's dynamo exporter; JetPack's wheel may be older.
+      log "per-segment export failed; exporting per unit (one graph per layer) instead"
+      rm -rf "$export_dir.new"
+      ros2 run dysl_ros dysl export --model "$model" --out "$export_dir.new" --granularity unit
+    fi
     # Engines are keyed by ONNX hash: those of units that did not change stay valid.
     if [ -d "$export_dir/engines" ]; then mv "$export_dir/engines" "$export_dir.new/engines"; fi
     rm -rf "$export_dir"

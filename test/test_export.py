@@ -469,3 +469,12 @@ def test_an_export_runs_without_torch(export_dir):
                        text=True, timeout=120, env=env, cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ['(8,', '7)', '8']
+
+
+def test_segment_export_needs_torch_2_6_and_says_what_to_do(model, tmp_path, monkeypatch):
+    """JetPack 6.1's torch wheel is 2.5.0, whose dynamo exporter cannot write torch.cond."""
+    vla, dysl = model
+    monkeypatch.setattr(torch, '__version__', '2.5.0a0+nv24.08')
+    assert not onnx_export.segments_exportable()
+    with pytest.raises(onnx_export.ExportError, match=r'torch >= 2\.6.*--granularity unit'):
+        export_model(vla, dysl, tmp_path, GUIDANCE, progress=False)

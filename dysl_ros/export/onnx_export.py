@@ -43,6 +43,7 @@ from ..runtime.manifest import (GRANULARITIES, MANIFEST_NAME, Manifest, TensorSp
 from ..skipping import NO_SKIP
 
 DEFAULT_OPSET = 18
+DYNAMO_TORCH = (2, 6)  # the first torch whose dynamo exporter writes torch.cond as ONNX If
 DEFAULT_MODEL = default_model_dir()
 RTOL = {'float32': 1e-4, 'float16': 1e-2}  # parity bound per export precision
 _DTYPE = {torch.float32: 'float32', torch.float16: 'float16'}
@@ -131,11 +132,21 @@ def _export_graph(module: nn.Module, args: tuple, path: Path, inputs: Sequence[s
                           do_constant_folding=True)
 
 
+def segments_exportable() -> bool:
+    """Whether this torch can write segment graphs (torch.cond -> ONNX If)."""
+    return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) >= DYNAMO_TORCH
+
+
 def _export_dynamo(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str],
                    outputs: Sequence[str], opset: int) -> None:
     if opset < 18:
         raise ExportError(f'opset {opset}: segment graphs need opset >= 18 (ONNX If from '
                           'torch.cond through the dynamo exporter)')
+    if not segments_exportable():
+        raise ExportError(f'torch {torch.__version__}: segment graphs need torch >= '
+                          f'{".".join(map(str, DYNAMO_TORCH))} (torch.cond through the dynamo '
+                          'exporter); export per unit (--granularity unit) here, or per '
+                          'segment on a machine with a newer torch and copy the export')
     loggers = [logging.getLogger(n) for n in ('torch.onnx', 'onnxscript', 'onnx_ir')]
     levels = [log.level for log in loggers]
     for log in loggers:

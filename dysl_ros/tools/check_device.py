@@ -450,9 +450,10 @@ class DeviceCheck:
             manifest.verify()
             how = f'{inside} (present)'
         else:
-            from ..export.onnx_export import export_model
+            from ..export.onnx_export import export_model, segments_exportable
+            granularity = 'segment' if segments_exportable() else 'unit'  # torch < 2.6: units
             manifest, _ = export_model(self.vla, self.dysl, self.out / 'onnx', self.guidance,
-                                       check=False, progress=False)
+                                       granularity=granularity, check=False, progress=False)
             how = f'exported to {manifest.directory} in {time.perf_counter() - t0:.1f} s'
         if manifest.layout != self.dysl.layout:
             raise Failure(f'{manifest.directory}: layout static {list(manifest.layout.static)} '
