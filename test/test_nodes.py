@@ -386,6 +386,56 @@ def test_an_unmeetable_latency_budget_warns_with_its_figures(tiny_model):
         assert model - 0.3 - 1e-9 <= info['threshold'] <= model
 
 
+def test_the_shadow_check_falls_back_to_full_depth_when_drift_is_forced_over(tiny_model):
+    """shadow_every is refused without skipping; with every step shadowed and a threshold no
+    drift can stay under, each checked step is followed by shadow_fallback_steps full-depth
+    steps, which ~/step_stats flags and /diagnostics reports as a WARN with the figures."""
+    with LocalLaunch() as launch:
+        node = launch.add(make_tester)
+        chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
+        steps = Collector(node, String, 'policy_node/step_stats', STATUS_QOS)
+        diagnostics = Collector(node, DiagnosticArray, '/diagnostics', STATUS_QOS)
+        camera = Camera(node)
+        policy = launch.add(PolicyNode, parameter_overrides=policy_params(
+            tiny_model, method='full', shadow_every=1, shadow_fallback_steps=2))
+        launch.start()
+        assert policy.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert 'shadow_every=1 needs a skipping method' in policy.error_text
+        policy.set_parameters([Parameter('method', value='dysl')])
+        assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        policy.policy.shadow.drift_threshold = -1.0  # forced: every drift is over it
+        assert policy.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        send_instruction(node)
+        publish_until_chunk(camera, chunks)
+
+        def stepped(n):
+            camera.publish()
+            time.sleep(0.05)
+            return len(steps.msgs()) >= n
+        wait_for(lambda: stepped(6), 20.0, '6 steps')
+        infos = [json.loads(m.data) for m in steps.msgs()[:6]]
+        assert [i['shadow_fallback'] for i in infos] == [False, True, True] * 2
+        for i in infos:
+            if i['shadow_fallback']:
+                assert i['layers_run'] == i['layers_total'] and i['shadow_drift'] is None
+            else:
+                assert i['shadow_drift'] >= 0 and 'shadow' in i['latency_ms']
+                assert i['shadow_every'] == 1 and i['shadow_fallback_steps_left'] == 2
+                # the shadow pass ran after the step: outside its time
+                assert i['latency_ms']['total'] <= i['policy_ms']
+
+        def warned():
+            for m in diagnostics.msgs():
+                if 'shadow check' in m.status[0].message:
+                    values = {kv.key: kv.value for kv in m.status[0].values}
+                    assert m.status[0].level == DiagnosticStatus.WARN
+                    assert float(values['shadow_last_drift']) >= 0
+                    assert int(values['shadow_fallbacks']) >= 1
+                    return True
+            return False
+        wait_for(warned, 10.0, 'a shadow check WARN')
+
+
 def test_non_finite_model_output_gives_no_chunk(nan_model):
     with LocalLaunch() as launch:
         node = launch.add(make_tester)

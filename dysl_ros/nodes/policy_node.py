@@ -13,7 +13,8 @@ Topics (relative names; remap freely):
                                    action names, point i = action i, time_from_start = i * dt
                 ~/step_stats       std_msgs/String, one JSON object per chunk (provenance:
                                    stamp, episode, layers run, skipped at, verified, latency;
-                                   with latency_budget_ms: threshold and budget figures)
+                                   with latency_budget_ms: threshold and budget figures;
+                                   with shadow_every: shadow check figures)
                 /diagnostics       diagnostic_msgs/DiagnosticArray at diagnostics_rate
     services    ~/reset            std_srvs/Trigger: start a new episode
 
@@ -36,6 +37,12 @@ received before are forgotten (every lifecycle transition forgets them too). Wha
 on and when (instruction checks, episodes, frames paired by stamp, staleness) is
 dysl_ros.runtime.session.PolicySession; the parameters and the model they load are
 dysl_ros.nodes.policy_params; this node moves messages, runs the model thread and logs.
+
+Shadow check (shadow_every > 0): after publishing every shadow_every-th chunk, the model
+thread completes the same observation's pass at full depth (it delays the next step, never
+the chunk) and measures the chunk drift (normalised L1); a drift above shadow_drift_threshold
+makes the next shadow_fallback_steps steps run at full depth, logged, flagged in ~/step_stats
+(shadow_fallback) and /diagnostics (WARN with the drift figures).
 
 Bad input is logged (throttled), counted in /diagnostics (stats.ERROR_KINDS) and never stops
 the node or keeps it from serving the next good frame: unsupported encodings, wrong or
@@ -315,14 +322,30 @@ class PolicyNode(LifecycleNode):
             c2c_ms = (self._now_ns() - stamp) * 1e-6
             self._seq += 1
             seq = self._seq
+        shadow = getattr(self.policy, 'shadow', None)  # a ShadowCheck, or None (off)
+        if shadow is not None:
+            self._shadow_pass(shadow)
         self.stats.step(StepRecord(
             episode=episode, layers_run=step.layers_run, layers_guided=len(step.layer_ids),
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
         self._stats_pub.publish(String(data=step_stats(
             seq, episode, primary, step, start, policy_ms, c2c_ms,
-            getattr(self.policy, 'budget', None)).to_json()))
+            getattr(self.policy, 'budget', None), shadow).to_json()))
         return None
+
+    def _shadow_pass(self, shadow: Any) -> None:
+        """The full-depth shadow pass of the step just published, if one is due."""
+        try:
+            drift = self.policy.shadow_pass()
+        except Exception as e:  # the published chunk stands; the check is lost
+            self._complain('inference', f'shadow pass failed: {type(e).__name__}: {e}')
+            return
+        if drift is not None and drift > shadow.drift_threshold:
+            self.get_logger().warning(
+                f'shadow check: chunk drift {drift:.3f} > shadow_drift_threshold '
+                f'{shadow.drift_threshold:.3f}: full depth for the next '
+                f'{shadow.fallback_steps} steps')
 
     def _chunk_msg(self, stamp_ns: int, chunk: np.ndarray) -> JointTrajectory:
         return chunk_to_msg(chunk, self._action_names(), stamp_ns, self.cfg.dt, _CHUNK_TYPES)
@@ -392,6 +415,11 @@ class PolicyNode(LifecycleNode):
         s = self.stats.summary()
         budget = getattr(self.policy, 'budget', None)  # a LatencyBudget, or None (off)
         figures = budget.report() if budget is not None else {}
+        shadow = getattr(self.policy, 'shadow', None)  # a ShadowCheck, or None (off)
+        drifting = shadow is not None and shadow.last_drift is not None and \
+            shadow.last_drift > shadow.drift_threshold
+        if shadow is not None:
+            figures = {**figures, **shadow.report()}
         session = self.session
         active, episode = (session.active, session.episode) if session else (False, 0)
         if self._error_text:
@@ -405,6 +433,11 @@ class PolicyNode(LifecycleNode):
                 f'active, latency budget unmet: step p95 {figures["latency_p95_ms"]:.1f} ms > '
                 f'{figures["latency_budget_ms"]:.1f} ms at the maximum threshold shift '
                 f'{figures["max_threshold_shift"]:.2f}')
+        elif drifting:
+            level, text = DiagnosticStatus.WARN, (
+                f'active, shadow check: chunk drift {shadow.last_drift:.3f} > '
+                f'{shadow.drift_threshold:.3f}, full depth for '
+                f'{shadow.fallback_left} more steps')
         else:
             level, text = DiagnosticStatus.OK, 'active'
         backend = self.cfg.backend if self.cfg is not None else self._values['backend']

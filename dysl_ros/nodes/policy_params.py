@@ -17,6 +17,7 @@ from ..runtime.budget import LatencyBudget
 from ..runtime.engine_build import PRECISIONS
 from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_policy
 from ..runtime.messages import ImageConversionError
+from ..runtime.shadow import ShadowCheck
 from .params import Param
 from .qos import CAMERA_QOS, SENSOR_QOS
 
@@ -93,6 +94,14 @@ PARAMS = (
           'run over it the controllers\' threshold comes down (more skipping), by 0.3 at most '
           'and never on a step whose guidance protects a continuity drop; /diagnostics says '
           'WARN when it still cannot be met. Needs a skipping method (dysl)', 0.0, 60000.0),
+    Param('shadow_every', 0, 'steps; 0 = off. Every n-th guided step\'s observation also runs '
+          'at full depth after its chunk is published (delaying the next step, not the '
+          'chunk); the chunk drift (normalised L1: mean |a - b| / action std) goes to '
+          '~/step_stats and /diagnostics. Needs a skipping method (dysl)', 0, 1000000),
+    Param('shadow_drift_threshold', 0.1, 'normalised L1 chunk drift above which the policy '
+          'runs at full depth for shadow_fallback_steps steps (shadow_every > 0)', 0.0, 1e6),
+    Param('shadow_fallback_steps', 10, 'full-depth steps after a shadow check drifted over '
+          'shadow_drift_threshold', 1, 1000000),
     Param('instruction', '', 'instruction to start with; empty waits for the instruction '
           'topic'),
     Param('max_instruction_length', 256, 'longer instructions are rejected (characters)',
@@ -133,6 +142,9 @@ class PolicyNodeConfig:
     inference_rate: float
     control_rate: float
     latency_budget_ms: float
+    shadow_every: int
+    shadow_drift_threshold: float
+    shadow_fallback_steps: int
     instruction: str
     max_instruction_length: int
     diagnostics_rate: float
@@ -199,7 +211,7 @@ def load_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
 def configure_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
     """What configure runs on the model thread: torch_threads, load_policy, a check of the
     model's cameras against camera_names, warmup_steps steps on blank frames, a reset, then
-    the latency budget (after the warmup, whose first steps are slow)."""
+    the latency budget (after the warmup, whose first steps are slow) and the shadow check."""
     t0 = time.perf_counter()
     if cfg.backend == 'torch' and cfg.torch_threads:
         import torch
@@ -220,6 +232,13 @@ def configure_policy(cfg: PolicyNodeConfig, log: Any = print) -> Any:
                              f'method: method={cfg.method!r} has no threshold to move (set '
                              'method to dysl, or latency_budget_ms to 0)')
         policy.budget = LatencyBudget(cfg.latency_budget_ms, window=cfg.stats_window)
+    if cfg.shadow_every:
+        if not getattr(policy, 'skipping', False) or not hasattr(policy, 'shadow_pass'):
+            raise ValueError(f'shadow_every={cfg.shadow_every} needs a skipping method: '
+                             f'method={cfg.method!r} already runs at full depth (set method to '
+                             'dysl, or shadow_every to 0)')
+        policy.shadow = ShadowCheck(cfg.shadow_every, cfg.shadow_drift_threshold,
+                                    cfg.shadow_fallback_steps)
     log(f'model loaded and warmed up ({cfg.warmup_steps} steps) in '
         f'{time.perf_counter() - t0:.1f} s')
     return policy

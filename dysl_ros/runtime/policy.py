@@ -7,6 +7,9 @@ One control step (dysl-method.md section 2):
      full depth from the input of the first segment that skipped, and keep that chunk
      (post-skip verification)
   4. push the chunk into the continuity ring buffer (moves the allow points)
+With a shadow check (ShadowCheck, dysl_ros.runtime.shadow) a due step keeps its pass, and
+shadow_pass() later completes it at full depth to measure the chunk's drift; a drift above the
+check's threshold makes the next steps run at full depth.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ..model.tokenizer import WordTokenizer
 from ..skipping import as_segments, resume_full_depth, walk_segments
 from .budget import LatencyBudget
 from .runner import Runner
+from .shadow import ShadowCheck, chunk_drift
 
 if TYPE_CHECKING:
     from ..model.vla import VLA
@@ -94,6 +98,8 @@ class StepStats:
     continuity: Optional[float] = None
     continuity_change: Optional[float] = None
     threshold: Optional[float] = None  # the controllers' threshold of the guided pass
+    shadow_fallback: bool = False  # run at full depth: a shadow check's drift was too high
+    shadow_drift: Optional[float] = None  # this chunk's drift, once its shadow pass ran
 
     @property
     def layer_fraction(self) -> float:
@@ -120,6 +126,10 @@ class GuidedPolicy:
     per step; a runner of units is walked unit by unit (skipping.as_segments).
     `threshold` is the controllers' threshold (the model's, unless a caller moves it);
     a `budget` (LatencyBudget, None: off) lowers it per step while steps run over budget.
+    A `shadow` (ShadowCheck, None: off) measures every n-th chunk's drift from full depth in
+    shadow_pass(), which the caller runs after using the chunk (else the next step runs it
+    first, outside its own latency); fallback steps run at full depth and are not counted by
+    the budget (they are slow on purpose).
 
     StepStats.latency_ms holds the step's wall time ('total'); profile=True adds the time
     of each stage, synchronising the runner at every stage boundary (benchmarks only).
@@ -137,6 +147,8 @@ class GuidedPolicy:
         self.skipping = skipping
         self.threshold = spec.skip_threshold
         self.budget: Optional[LatencyBudget] = None
+        self.shadow: Optional[ShadowCheck] = None
+        self._shadow_pending: Optional[tuple] = None  # (trace, guided chunk, stats, segments)
         self.profile = profile  # per-stage latency (a device sync per stage); else total only
         segments = [(s.static, s.end) for s in spec.layout.segments]
         self.guidance = Guidance(guidance, segments)
@@ -146,9 +158,12 @@ class GuidedPolicy:
 
     def step(self, images: Mapping[str, np.ndarray], instruction: str
              ) -> tuple[np.ndarray, StepStats]:
+        self.shadow_pass()  # the last step's, if its caller did not run it
         r, t = self.runner, Clock(self.runner, self.profile)
+        fallback, shadowed = (False, False) if self.shadow is None or not self.skipping \
+            else self.shadow.begin_step()
         pixels, tokens = self.spec.prepare(images, instruction)
-        allow = self.guidance.allow_points if self.skipping else None
+        allow = self.guidance.allow_points if self.skipping and not fallback else None
         budget = self.budget  # None: off, and the guidance is not asked
         protecting = budget is not None and self.guidance.protecting
         threshold = self.threshold - (0.0 if budget is None else budget.shift_for(protecting))
@@ -175,10 +190,36 @@ class GuidedPolicy:
             layer_ids=list(trace.layers_run), skipped_at=list(trace.skipped_at),
             verified=verified, allow_points=[int(a) for a in (ends if allow is None else allow)],
             latency_ms=t.total(), continuity=c, continuity_change=dc,
-            threshold=None if allow is None else threshold)
-        if budget is not None:
+            threshold=None if allow is None else threshold, shadow_fallback=fallback)
+        if budget is not None and not fallback:
             budget.observe(stats.latency_ms['total'])
+        if shadowed:  # the pass stays as it is, for shadow_pass (nothing else runs between)
+            self._shadow_pending = (trace, np.array(chunk, copy=True), stats, segments)
         return self.spec.unnormalise(chunk), stats
+
+    def shadow_pass(self) -> Optional[float]:
+        """Complete the last step's guided pass at full depth if a shadow check is due, off
+        that step's critical path: its chunk's drift (normalised L1, shadow.chunk_drift) goes
+        into that step's StepStats (shadow_drift, latency_ms['shadow']) and the ShadowCheck.
+        Returns the drift (None: no check due). The guidance never sees the full-depth chunk.
+
+        A pass that skipped nothing, or was verified, already is full depth: drift 0. Else the
+        full-depth pass resumes from the input of the first segment that skipped (the layers
+        before are the same at full depth). Call it before any other use of the runner."""
+        if self._shadow_pending is None:
+            return None
+        trace, guided, stats, segments = self._shadow_pending
+        self._shadow_pending = None
+        t0 = time.perf_counter()
+        if trace.skipped and not stats.verified:
+            x, _ = resume_full_depth(trace, self.spec.layout, segments)
+            drift = chunk_drift(guided, check_finite(self.runner.head(x)))
+        else:
+            drift = 0.0
+        stats.latency_ms['shadow'] = (time.perf_counter() - t0) * 1e3
+        stats.shadow_drift = drift
+        self.shadow.observe(drift)
+        return drift
 
 
 class Clock:

@@ -18,6 +18,7 @@ import numpy as np
 from .budget import LatencyBudget
 from .frames import Frame, FrameGate, Rejected
 from .messages import StepStats
+from .shadow import ShadowCheck
 
 # text -> (its words, those the model does not know)
 Vocabulary = Callable[[str], tuple[list[str], list[str]]]
@@ -148,11 +149,18 @@ class PolicySession:
 
 def step_stats(seq: int, episode: int, primary: Frame, step: Any, start_ns: int,
                policy_ms: float, camera_to_chunk_ms: float,
-               budget: Optional[LatencyBudget] = None) -> StepStats:
+               budget: Optional[LatencyBudget] = None,
+               shadow: Optional[ShadowCheck] = None) -> StepStats:
     """The statistics of a step on the `primary` camera's frame that began at start_ns and
     whose chunk was out camera_to_chunk_ms after the frame's stamp (`step`: the policy's
     StepStats, dysl_ros.runtime.policy), with the step's threshold and the latency budget's
-    figures when the policy has a budget."""
+    figures when the policy has a budget, and with the shadow check's figures when it has one:
+    shadow_fallback (this step ran at full depth), shadow_drift (this chunk's drift, None when
+    it was not checked) and ShadowCheck.report()."""
+    extra = {} if budget is None else {'threshold': step.threshold, **budget.report()}
+    if shadow is not None:
+        extra.update(shadow_fallback=bool(step.shadow_fallback),
+                     shadow_drift=step.shadow_drift, **shadow.report())
     stamp = primary.stamp_ns
     return StepStats(
         seq=seq, episode=episode, stamp_ns=stamp, layers_run=step.layers_run,
@@ -168,4 +176,4 @@ def step_stats(seq: int, episode: int, primary: Frame, step: Any, start_ns: int,
                    'chunk message and publish':
                        camera_to_chunk_ms - (start_ns - stamp) * 1e-6 - policy_ms},
         latency_ms=dict(step.latency_ms),
-        extra={} if budget is None else {'threshold': step.threshold, **budget.report()})
+        extra=extra)
