@@ -246,13 +246,19 @@ def _interval(r: dict) -> str:
     return f'{r["rate"]:.0%} [{r["low"]:.0%}-{r["high"]:.0%}]'
 
 
+def _column(tasks: Sequence[str]) -> int:
+    """Width of a task's column: its cell (18) or its name (MT10's are longer), one space."""
+    return max([18] + [len(t) + 1 for t in tasks])
+
+
 def format_success(summary: dict, tasks: Sequence[str]) -> str:
     """Success per task and over all episodes: rate [95% Wilson interval]."""
-    head = f'{"success [95% CI]":<22}' + ''.join(f'{t:>18}' for t in list(tasks) + ['all'])
+    w = _column(tasks)
+    head = f'{"success [95% CI]":<22}' + ''.join(f'{t:>{w}}' for t in list(tasks) + ['all'])
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
         cells = [r['success'][t] for t in tasks] + [r['success_mean']]
-        lines.append(f'{m:<22}' + ''.join(f'{_interval(c):>18}' for c in cells))
+        lines.append(f'{m:<22}' + ''.join(f'{_interval(c):>{w}}' for c in cells))
     return '\n'.join(lines)
 
 
@@ -275,12 +281,13 @@ def format_compute(summary: dict) -> str:
 
 def format_failures(summary: dict, tasks: Sequence[str]) -> str:
     """Failed episodes per task as failed / reached the object / moved it."""
-    head = f'{"failed/reached/moved":<22}' + ''.join(f'{t:>18}' for t in tasks)
+    w = _column(tasks)
+    head = f'{"failed/reached/moved":<22}' + ''.join(f'{t:>{w}}' for t in tasks)
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
         cells = [r['failures'][t] for t in tasks]
         lines.append(f'{m:<22}' + ''.join(
-            f'{c["count"]:>12}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
+            f'{c["count"]:>{w - 6}}/{c["reached"]:>2}/{c["moved"]:>2}' for c in cells))
     return '\n'.join(lines)
 
 
