@@ -7,7 +7,8 @@ One line per check, PASS / FAIL / SKIP (with the reason), and a JSON report (--j
                   that export or the runtimes need)
   gpu             name, SM count, compute capability, memory
   export          the model's ONNX export: <model>/onnx when it holds one (per segment or
-                  per unit), else made per segment in <out>/onnx
+                  per unit), else made in <out>/onnx per segment (per unit with a torch
+                  older than 2.6, which cannot export segment graphs)
   parity-onnxruntime    every graph on ONNX Runtime (CPU) against PyTorch (CPU), within the
                   export's bound (compare_export): per segment, every segment at every
                   allow point (forced to skip at each dynamic layer, full depth, deciding
