@@ -160,6 +160,76 @@ def test_commands_are_clipped_to_the_limits():
     assert hold and command[6] == pytest.approx(1.0)  # holds the clipped gripper value
 
 
+JUMP = (0.002, 0.002, 0.002, 0.01, 0.01, 0.01, 0.5)
+
+
+def run_switch(cfg, second_gripper=0.0):
+    """first (dx 0.000..., gripper 1) for two ticks, then second (dx 0.010..., gripper 0)
+    arrives: the commands of four ticks and the two chunks."""
+    ex = ChunkExecutor(cfg)
+    first, second = chunk(8, 0.0, gripper=1.0), chunk(8, 0.01, gripper=second_gripper)
+    ex.add(10.0, NAMES, first, now=10.0)
+    commands = [ex.tick(10.0)[0], ex.tick(10.05)[0]]
+    ex.add(10.1, NAMES, second, now=10.1)
+    commands += [ex.tick(10.1)[0], ex.tick(10.15)[0]]
+    return ex, commands, first, second
+
+
+def test_switch_jump_bounds_the_command_at_a_switch_only():
+    ex, commands, first, second = run_switch(ChunkExecutorConfig(max_switch_jump=JUMP))
+    np.testing.assert_allclose(commands[0], first[0])  # first command: nothing before it
+    np.testing.assert_allclose(commands[1], first[1])  # within a chunk: not bounded
+    expected = first[1].copy()
+    expected[0] += 0.002  # 0.001 -> 0.010 bounded to 0.001 + 0.002
+    expected[6] -= 0.5  # gripper 1.0 -> 0.0 bounded to 0.5
+    np.testing.assert_allclose(commands[2], expected)
+    np.testing.assert_allclose(commands[3], second[1])  # then the new chunk as it is
+    assert ex.stats.switch_ticks == 1 and ex.stats.limited_switches == 1
+
+
+def test_switch_jump_within_a_chunk_and_after_a_hold_changes_nothing():
+    ex = ChunkExecutor(ChunkExecutorConfig(max_switch_jump=(0.0,) * 7))
+    a = chunk(4, gripper=1.0)
+    a[:, 1] = [0.0, 0.02, -0.02, 0.01]  # big steps inside the chunk
+    ex.add(10.0, NAMES, a, now=10.0)
+    for k in range(4):
+        np.testing.assert_allclose(ex.tick(10.0 + k * DT)[0], a[k])
+    assert ex.tick(10.2)[1]  # a hold
+    b = chunk(4, 0.01, gripper=0.0)
+    ex.add(10.25, NAMES, b, now=10.25)
+    np.testing.assert_allclose(ex.tick(10.25)[0], b[0])  # after a hold: not a switch
+    assert ex.stats.switch_ticks == 0 and ex.stats.limited_switches == 0
+
+
+def test_switch_jump_off_is_as_before_and_a_small_switch_is_not_limited():
+    ex, commands, _, second = run_switch(ChunkExecutorConfig())
+    np.testing.assert_allclose(commands[2], second[0])
+    assert ex.stats.switch_ticks == 1 and ex.stats.limited_switches == 0
+    wide = ChunkExecutorConfig(max_switch_jump=(1.0,) * 7)
+    ex, commands, _, second = run_switch(wide)
+    np.testing.assert_allclose(commands[2], second[0])
+    assert ex.stats.switch_ticks == 1 and ex.stats.limited_switches == 0
+
+
+def test_switch_jump_in_ensemble_mode_bounds_a_joining_chunk():
+    cfg = ChunkExecutorConfig(mode='ensemble', ensemble_decay=0.0, max_switch_jump=JUMP)
+    ex, commands, first, second = run_switch(cfg, second_gripper=0.0)
+    np.testing.assert_allclose(commands[1], first[1])  # alone: not bounded
+    mean = (first[2] + second[0]) / 2  # dx 0.006, gripper 0.5
+    expected = mean.copy()
+    expected[0] = first[1][0] + 0.002  # 0.001 -> 0.006 bounded to 0.003
+    np.testing.assert_allclose(commands[2], expected)  # gripper 1 -> 0.5: within 0.5
+    np.testing.assert_allclose(commands[3], (first[3] + second[1]) / 2)  # same voters
+    assert ex.stats.switch_ticks == 1 and ex.stats.limited_switches == 1
+
+
+@pytest.mark.parametrize('value', [(0.1,) * 6, (0.1,) * 6 + (-0.1,), (0.1,) * 6 + (np.inf,),
+                                   (0.1,) * 6 + (np.nan,)])
+def test_switch_jump_refuses_bad_values(value):
+    with pytest.raises(ValueError, match='max_switch_jump'):
+        ChunkExecutorConfig(max_switch_jump=value)
+
+
 @pytest.mark.parametrize('field,value', [('mode', 'blend'), ('control_rate', 0.0),
                                          ('lower_limits', (0.0,)), ('absolute_joints', ('x',)),
                                          ('joint_names', ('a', 'a'))])

@@ -14,7 +14,8 @@ Topics (relative names):
 
 How chunks are scheduled, blended (mode: replace or ensemble), dropped (negative or future
 stamps, older than max_chunk_age, from a previous episode, wrong names or sizes, too many
-points, uneven time_from_start, non-finite) and held is dysl_ros.runtime.chunking.ChunkExecutor;
+points, uneven time_from_start, non-finite), held and bounded at a switch between chunks
+(max_switch_jump) is dysl_ros.runtime.chunking.ChunkExecutor;
 this node only moves messages. Every drop is counted by reason in /diagnostics and logged
 (throttled); no message can stop the node. A hold is zero for
 every delta joint and the last command for absolute joints (the gripper); the node publishes
@@ -22,8 +23,9 @@ a command every tick, hold or not.
 """
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -43,6 +45,19 @@ from .spin import spin_node
 _COMMAND_TYPES = CommandTypes(Float64MultiArray, MultiArrayLayout, MultiArrayDimension,
                               lambda a: a.tolist())
 _DEFAULT = ChunkExecutorConfig()
+
+
+def _switch_jump_problem(value: Any) -> Optional[str]:
+    """Why max_switch_jump is invalid (its length is checked against joint_names when the
+    executor's config is built), or None. None is off too: rcl's YAML parser leaves `[]`
+    unset. A double array set from a file or a client arrives as an array.array."""
+    if value is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for v in value):
+        return 'expected empty (off) or finite numbers >= 0, one per joint of joint_names'
+    return None
 PARAMS = (
     Param('control_rate', 20.0, 'commands per second (one chunk action per tick)', 0.1,
           1000.0, read_only=True),
@@ -71,6 +86,10 @@ PARAMS = (
           read_only=True),
     Param('max_chunk_points', _DEFAULT.max_chunk_points, 'a chunk with more actions is dropped',
           1, 100000, read_only=True),
+    Param('max_switch_jump', [], 'per joint bound on the command\'s change at a switch '
+          'between chunks (a new chunk takes over or joins the ensemble), before the '
+          'limits; empty: off; else one value >= 0 per joint of joint_names',
+          read_only=True, check=_switch_jump_problem, dynamic_typing=True),
     Param('diagnostics_rate', 1.0, 'Hz of /diagnostics', 0.01, 100.0, read_only=True),
 )
 
@@ -85,7 +104,8 @@ def executor_config(values: dict) -> ChunkExecutorConfig:
         initial_absolute=values['initial_absolute'],
         latency_compensation=values['latency_compensation'],
         max_future_stamp=values['max_future_stamp'],
-        max_chunk_points=values['max_chunk_points'])
+        max_chunk_points=values['max_chunk_points'],
+        max_switch_jump=[float(v) for v in values['max_switch_jump'] or ()])
 
 
 class ControllerNode(Node):
@@ -166,7 +186,8 @@ class ControllerNode(Node):
         with self._lock:
             s = self.chunks.stats
             values = {'ticks': s.ticks, 'hold_ticks': s.hold_ticks,
-                      'clipped_ticks': s.clipped_ticks, 'chunks_received': s.received,
+                      'clipped_ticks': s.clipped_ticks, 'switch_ticks': s.switch_ticks,
+                      'limited_switches': s.limited_switches, 'chunks_received': s.received,
                       'chunks_accepted': s.accepted, 'busy': self.chunks.busy,
                       'arrival_delay_ms_p50': percentile(s.arrival_delay_ms[-100:], 50),
                       'arrival_delay_ms_p90': percentile(s.arrival_delay_ms[-100:], 90)}

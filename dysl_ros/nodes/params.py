@@ -18,9 +18,10 @@ from rclpy.node import Node
 
 @dataclass(frozen=True)
 class Param:
-    """One ROS parameter: default value (its type is the parameter's type), description,
-    inclusive range for numbers, allowed values for strings, and `check(value)` returning
-    why a value is invalid (None when it is fine)."""
+    """One ROS parameter: default value (its type is the parameter's type, unless
+    dynamic_typing: needed for an empty list default, which rclpy would type as a byte
+    array), description, inclusive range for numbers, allowed values for strings, and
+    `check(value)` returning why a value is invalid (None when it is fine)."""
 
     name: str
     default: Any
@@ -30,6 +31,7 @@ class Param:
     choices: tuple[str, ...] = ()
     read_only: bool = False
     check: Optional[Callable[[Any], Optional[str]]] = None
+    dynamic_typing: bool = False
 
     def problem(self, value: Any) -> Optional[str]:
         """Why `value` is invalid for this parameter, or None."""
@@ -43,7 +45,7 @@ class Param:
 
     def descriptor(self) -> ParameterDescriptor:
         d = ParameterDescriptor(name=self.name, description=self.description,
-                                read_only=self.read_only)
+                                read_only=self.read_only, dynamic_typing=self.dynamic_typing)
         numeric = isinstance(self.default, (int, float)) and not isinstance(self.default, bool)
         if numeric and self.low is not None and self.high is not None:
             if isinstance(self.default, int):

@@ -17,6 +17,12 @@ configured ones, when it has more than max_chunk_points actions, when its action
 spaced one control period apart (time_from_start strictly increasing by dt from a start in
 [0, dt)), or when any value is not finite. With nothing to execute the executor holds: zero for every delta
 joint and the last commanded value for absolute joints (the gripper).
+
+Switch bound (max_switch_jump, off when empty): at a switch, a tick whose command comes from a
+chunk that did not give the previous tick's command (replace: a new chunk took over; ensemble:
+the voting chunks gained one) while the previous tick was not a hold, each joint's change from
+the previous command is clipped to +-max_switch_jump before the limits clip. Within a chunk,
+after a hold and on the first command of an episode nothing is bounded.
 """
 from __future__ import annotations
 
@@ -56,6 +62,11 @@ class ChunkExecutorConfig:
         max_future_stamp: seconds; a chunk stamped further ahead of the clock is dropped
             (its sender's clock is wrong: executing it would replay its actions late).
         max_chunk_points: most actions a chunk may carry.
+        max_switch_jump: per joint bound (>= 0) on the command's change at a switch (a tick
+            whose command comes from a chunk that did not give the previous tick's command:
+            replace: a new chunk took over; ensemble: the voting chunks gained one), applied
+            before the limits; empty (the default): no bound. Not applied after a hold tick
+            (a hold is not a switch) nor to the first command of an episode.
     """
 
     joint_names: tuple[str, ...] = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
@@ -70,10 +81,11 @@ class ChunkExecutorConfig:
     latency_compensation: bool = True
     max_future_stamp: float = 0.25
     max_chunk_points: int = 1000
+    max_switch_jump: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ('joint_names', 'lower_limits', 'upper_limits', 'absolute_joints',
-                     'initial_absolute'):
+                     'initial_absolute', 'max_switch_jump'):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.joint_names)
         require(n >= 1 and len(set(self.joint_names)) == n and all(self.joint_names),
@@ -99,6 +111,11 @@ class ChunkExecutorConfig:
                  self.max_future_stamp, '[0, 60] s')
         require(1 <= self.max_chunk_points <= 100000, 'max_chunk_points',
                  self.max_chunk_points, '1 to 100000')
+        require(len(self.max_switch_jump) in (0, n)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) and v >= 0 for v in self.max_switch_jump),
+                'max_switch_jump', self.max_switch_jump,
+                f'empty (off) or {n} finite values >= 0, one per joint of {self.joint_names}')
 
     @property
     def dt(self) -> float:
@@ -115,7 +132,9 @@ class _Active:
 
 @dataclass
 class ExecutorStats:
-    """Counters since start; `dropped` by reason."""
+    """Counters since start; `dropped` by reason. `switch_ticks`: ticks whose command came
+    from a chunk that did not give the previous (non-hold) tick's command;
+    `limited_switches`: those of them whose command max_switch_jump changed."""
 
     received: int = 0
     accepted: int = 0
@@ -123,6 +142,8 @@ class ExecutorStats:
     ticks: int = 0
     hold_ticks: int = 0
     clipped_ticks: int = 0
+    switch_ticks: int = 0
+    limited_switches: int = 0
     arrival_delay_ms: list = field(default_factory=list)  # observation -> arrival
 
 
@@ -142,6 +163,10 @@ class ChunkExecutor:
         self._seq = 0
         self._episode_start: Optional[float] = None
         self._last = self._initial.copy()
+        self._jump = np.array(cfg.max_switch_jump, dtype=np.float64) \
+            if cfg.max_switch_jump else None
+        self._prev_seqs: frozenset = frozenset()  # chunks behind the last tick; empty: a hold
+        self._prev_command = self._initial.copy()
 
     def reset(self, now: float) -> None:
         """New episode: forget every chunk, hold absolute joints at their initial values, and
@@ -149,6 +174,7 @@ class ChunkExecutor:
         self._active.clear()
         self._episode_start = now
         self._last = self._initial.copy()
+        self._prev_seqs = frozenset()
 
     def stop(self) -> None:
         """Drop every chunk (hold from the next tick on); the episode goes on."""
@@ -195,20 +221,34 @@ class ChunkExecutor:
         if not self._active:
             self.stats.hold_ticks += 1
             command = np.where(self._absolute, self._last, 0.0)
+            self._prev_seqs = frozenset()
             return command, True
         if self.cfg.mode == 'replace':
             c = self._active[-1]
             command = c.actions[c.cursor].copy()
+            seqs = frozenset((c.seq,))
         else:  # oldest first: weight exp(-m * i), i = 0 for the oldest
             votes = np.stack([c.actions[c.cursor] for c in self._active])  # (N, D)
             w = np.exp(-self.cfg.ensemble_decay * np.arange(len(votes)))  # (N,)
             command = (w[:, None] * votes).sum(0) / w.sum()
+            seqs = frozenset(c.seq for c in self._active)
         for c in self._active:
             c.cursor += 1
+        if self._prev_seqs and not seqs <= self._prev_seqs:  # a switch from a chunk
+            self.stats.switch_ticks += 1
+            if self._jump is not None:
+                step = command - self._prev_command
+                over = np.abs(step) > self._jump  # joints within the bound keep their value
+                if over.any():
+                    self.stats.limited_switches += 1
+                    command = np.where(over, self._prev_command
+                                       + np.clip(step, -self._jump, self._jump), command)
+        self._prev_seqs = seqs
         clipped = np.clip(command, self._lower, self._upper)
         if not np.array_equal(clipped, command):
             self.stats.clipped_ticks += 1
         self._last = np.where(self._absolute, clipped, self._last)
+        self._prev_command = clipped
         return clipped, False
 
     def _evenly_spaced(self, times: np.ndarray, n: int) -> bool:
