@@ -345,20 +345,30 @@ def test_bad_input_is_counted_and_the_node_keeps_serving(tiny_model):
         wait_for(reported, 10.0, '/diagnostics with the errors')
 
 
+def _skipping_only_policy(launch, tiny_model, **params):
+    """The tester's collectors and camera, and a started policy node with `params` that has
+    refused to configure with method 'full', saying the first parameter needs a skipping
+    method."""
+    node = launch.add(make_tester)
+    chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
+    steps = Collector(node, String, 'policy_node/step_stats', STATUS_QOS)
+    diagnostics = Collector(node, DiagnosticArray, '/diagnostics', STATUS_QOS)
+    camera = Camera(node)
+    policy = launch.add(PolicyNode, parameter_overrides=policy_params(
+        tiny_model, method='full', **params))
+    launch.start()
+    assert policy.trigger_configure() == TransitionCallbackReturn.FAILURE
+    name, value = next(iter(params.items()))
+    assert f'{name}={value} needs a skipping method' in policy.error_text
+    return node, chunks, steps, diagnostics, camera, policy
+
+
 def test_an_unmeetable_latency_budget_warns_with_its_figures(tiny_model):
     """latency_budget_ms is range-checked, refused without skipping, and when no step can meet
     it the threshold shift saturates: ~/step_stats and a WARN on /diagnostics say so."""
     with LocalLaunch() as launch:
-        node = launch.add(make_tester)
-        chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
-        steps = Collector(node, String, 'policy_node/step_stats', STATUS_QOS)
-        diagnostics = Collector(node, DiagnosticArray, '/diagnostics', STATUS_QOS)
-        camera = Camera(node)
-        policy = launch.add(PolicyNode, parameter_overrides=policy_params(
-            tiny_model, method='full', latency_budget_ms=1e-3))
-        launch.start()
-        assert policy.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert 'latency_budget_ms=0.001 needs a skipping method' in policy.error_text
+        node, chunks, steps, diagnostics, camera, policy = _skipping_only_policy(
+            launch, tiny_model, latency_budget_ms=1e-3)
         refused = policy.set_parameters([Parameter('latency_budget_ms', value=-1.0)])[0]
         assert not refused.successful and 'latency_budget_ms' in refused.reason
         policy.set_parameters([Parameter('method', value='dysl')])
@@ -391,16 +401,8 @@ def test_the_shadow_check_falls_back_to_full_depth_when_drift_is_forced_over(tin
     drift can stay under, each checked step is followed by shadow_fallback_steps full-depth
     steps, which ~/step_stats flags and /diagnostics reports as a WARN with the figures."""
     with LocalLaunch() as launch:
-        node = launch.add(make_tester)
-        chunks = Collector(node, JointTrajectory, CHUNK_TOPIC, CHUNK_QOS)
-        steps = Collector(node, String, 'policy_node/step_stats', STATUS_QOS)
-        diagnostics = Collector(node, DiagnosticArray, '/diagnostics', STATUS_QOS)
-        camera = Camera(node)
-        policy = launch.add(PolicyNode, parameter_overrides=policy_params(
-            tiny_model, method='full', shadow_every=1, shadow_fallback_steps=2))
-        launch.start()
-        assert policy.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert 'shadow_every=1 needs a skipping method' in policy.error_text
+        node, chunks, steps, diagnostics, camera, policy = _skipping_only_policy(
+            launch, tiny_model, shadow_every=1, shadow_fallback_steps=2)
         policy.set_parameters([Parameter('method', value='dysl')])
         assert policy.trigger_configure() == TransitionCallbackReturn.SUCCESS
         policy.policy.shadow.drift_threshold = -1.0  # forced: every drift is over it

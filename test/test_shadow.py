@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from dysl_ros.guidance import GuidanceConfig
-from dysl_ros.model import DySL, VLA
 from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.shadow import ShadowCheck, chunk_drift
 from dysl_ros.runtime.torch_runner import TorchRunner
-from test_policy import LAYOUT, TINY, _full_depth_chunk, _observations
+from test_policy import LAYOUT, _full_depth_chunk, _observations, model  # noqa: F401 (fixture)
 
 
 def test_chunk_drift_is_the_mean_absolute_difference_over_the_std():
@@ -49,15 +48,10 @@ def test_invalid_settings_are_refused(kwargs):
 
 
 @pytest.fixture
-def skipping_model():
-    """A tiny model whose controllers all say skip (every guided pass skips)."""
-    torch.manual_seed(0)
-    vla = VLA(TINY).eval()
-    vla.set_action_stats(np.linspace(-1, 1, 7), np.full(7, 0.5))
-    dysl = DySL(vla.blocks, TINY.d_model, LAYOUT).eval()
+def skipping_model(model):
+    """test_policy's tiny model with every controller saying skip (every guided pass skips)."""
+    vla, dysl = model
     with torch.no_grad():
-        for a in dysl.adapters.values():
-            a.up.weight.normal_(std=0.05)
         for c in dysl.controllers.values():
             c.out.bias.fill_(30.0)
     return vla, dysl
