@@ -501,13 +501,16 @@ def test_fault(rig, case, action, counter):
 @pytest.mark.parametrize('width,height,encoding', [(640, 480, 'rgb8'), (1280, 720, 'bgr8'),
                                                    (1920, 1080, 'rgb8')])
 def test_real_camera_sizes_at_30_hz_reach_the_node(rig, width, height, encoding):
-    """Frames of real cameras, from this process at 30 Hz for 2 s: most arrive, and the
-    policy answers them (resized to the model input)."""
+    """Frames of real cameras, from this process at 30 Hz for 2 s: they arrive, and the
+    policy answers them (resized to the model input). The camera QoS keeps only the newest
+    frame, so a node busy on a loaded 2-core CI machine drops some by design (CI saw 47 of 60
+    at 1280x720); the fault this guards, frames of a real size that never arrive, gives 0."""
     c = rig
     rgb = np.random.default_rng(1).integers(0, 256, (height, width, 3), np.uint8)
     front, wrist = (rgb_to_image(rgb, encoding=encoding) for _ in range(2))
     c.fresh_diagnostics()
     received = c.counter('policy_node', 'frames_received')
+    refused = c.counter('policy_node', ('errors_size', 'errors_encoding'))
     with c.lock:
         c.chunks.clear()
     sent = 0
@@ -524,8 +527,9 @@ def test_real_camera_sizes_at_30_hz_reach_the_node(rig, width, height, encoding)
     arrived = (c.counter('policy_node', 'frames_received') - received) / 2
     with c.lock:
         chunks = len(c.chunks)
-    assert arrived >= 0.8 * sent, (arrived, sent)
-    assert chunks >= 0.5 * sent, (chunks, sent)
+    assert c.counter('policy_node', ('errors_size', 'errors_encoding')) == refused
+    assert arrived >= 0.5 * sent, (arrived, sent)
+    assert chunks >= 0.5 * arrived, (chunks, arrived)
 
 
 def test_invalid_start_parameters_get_one_clear_line_not_a_traceback():
