@@ -6,6 +6,7 @@ from pathlib import Path
 PACKAGE = 'dysl_ros'
 # A model directory's JSON files (model.io writes them beside their safetensors weights).
 VLA_JSON, DYSL_JSON = 'vla.json', 'dysl.json'
+DISTILL_JSON = 'distill.json'  # the main DySL's distillation record (its budget, its cost)
 
 
 def package_path(*parts: str) -> Path:

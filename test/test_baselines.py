@@ -9,16 +9,17 @@ from dysl_ros.datasets import Episode
 from dysl_ros.guidance import GuidanceConfig, calibrate_tau
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
-from dysl_ros.model.baselines import DeeR, FlexiDepth, StaticDepth, save_baseline
-from dysl_ros.model.io import load_dysl, save_dysl, save_vla
-from dysl_ros.runtime.methods import (METHODS, BaselinePolicy, make_policy,
-                                      random_skip_policy)
+from dysl_ros.model.baselines import (DeeR, DeeRConfig, FlexiDepth, FlexiDepthConfig, StaticDepth,
+                                      save_baseline)
+from dysl_ros.model.io import load_dysl, read_json, save_dysl, save_vla
+from dysl_ros.runtime.methods import METHODS, BaselinePolicy, coin_policy, make_policy
 from dysl_ros.runtime.policy import StepStats
 from dysl_ros.train.baselines import (BaselineTrainConfig, deer_shares, exit_differences,
                                       mean_layers_run, random_skip_expected_layers,
                                       save_random_skip, solve_deer_thresholds,
                                       solve_random_skip_q, train_all_baselines,
-                                      train_static_depth)
+                                      train_deer, train_flexidepth, train_static_depth)
+from dysl_ros.train.baselines.flexidepth import solve_threshold
 from dysl_ros.train.distill import DistillConfig
 
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
@@ -144,7 +145,7 @@ def test_random_skip_matches_q_prediction_and_is_seeded(tmp_path, vla):
     assert expected == pytest.approx(5.066, abs=1e-3)
     assert np.mean(layers) == pytest.approx(expected, abs=0.3)
     assert [s.layer_ids for _, s in runs[0]] == [s.layer_ids for _, s in runs[1]]
-    other = _run(random_skip_policy(vla, LAYOUT, q, seed=8), frames[:20])
+    other = _run(coin_policy(vla, q, seed=8, layout=LAYOUT), frames[:20])
     assert [s.layer_ids for _, s in other] != [s.layer_ids for _, s in runs[0][:20]]
     for _, s in runs[0]:  # pre-skip and verification are off: points never move
         assert s.allow_points == [1, 5] and not s.verified
@@ -152,7 +153,7 @@ def test_random_skip_matches_q_prediction_and_is_seeded(tmp_path, vla):
 
 
 def test_random_skip_uses_identity_adapters(vla):
-    policy = random_skip_policy(vla, LAYOUT, q=1.0)  # skip at every first dynamic layer
+    policy = coin_policy(vla, 1.0, layout=LAYOUT)  # skip at every first dynamic layer
     chunk, stats = policy.step(_frames(1)[0], INSTRUCTION)
     assert stats.layer_ids == [0, 4] and stats.skipped_at == [1, 5]
     pixels, tokens = policy.spec.prepare(_frames(1)[0], INSTRUCTION)
@@ -262,6 +263,115 @@ def test_ablations_take_the_main_models_distillation_settings(tmp_path):
 def test_every_trainable_method_names_a_maker_that_exists():
     from dysl_ros.runtime.methods import TRAINABLE
     from dysl_ros.train.baselines import maker
-    assert TRAINABLE == ('dysl-joint', 'dysl-no-static', 'random-skip', 'flexidepth', 'deer',
-                         'static-depth')
+    assert TRAINABLE == ('dysl-joint', 'dysl-no-static', 'random-skip',
+                         'random-skip-adapters', 'flexidepth', 'deer', 'static-depth')
     assert all(callable(maker(name)) for name in TRAINABLE)
+
+
+def test_train_all_gives_the_baselines_dysls_part_sizes_and_records_their_cost(model_dir, vla):
+    d, summary = model_dir
+    for name, entry in summary['methods'].items():
+        assert entry['train_seconds'] > 0 and entry['trainable_parameters'] >= 0, name
+    assert summary['methods']['random-skip']['trainable_parameters'] == 0
+    dysl, _ = load_dysl(d, vla)
+    rank, width = dysl.cfg.adapter_rank, dysl.cfg.controller_width
+    deer = read_json(d / 'baselines' / 'deer' / 'baseline.json')
+    flexi = read_json(d / 'baselines' / 'flexidepth' / 'baseline.json')
+    assert deer['config']['adapter_rank'] == rank
+    assert (flexi['config']['adapter_rank'], flexi['config']['router_width']) == (rank, width)
+    assert flexi['extra']['train']['target_layers'] == pytest.approx(summary['target_layers'])
+
+
+def test_coin_methods_with_dysls_adapters(tmp_path, model_dir, vla):
+    """always-skip and random-skip-adapters at q = 1 skip every segment at its first dynamic
+    layer through DySL's trained adapters (not the identity), never verified."""
+    d, _ = model_dir
+    dysl, _ = load_dysl(d, vla)
+    frames = _frames(20, seed=5)
+    always = _run(make_policy('always-skip', d, vla=vla), frames)
+    assert all(s.layer_ids == [0, 4] and s.skipped_at == [1, 5] and not s.verified
+               for _, s in always)
+    policy = make_policy('always-skip', d, vla=vla)
+    pixels, tokens = policy.spec.prepare(frames[0], INSTRUCTION)
+    with torch.inference_mode():
+        x = vla.embed(torch.from_numpy(pixels), torch.from_numpy(tokens))
+        x = dysl.adapter(5, vla.blocks[4](dysl.adapter(1, vla.blocks[0](x))))
+        ref = policy.spec.unnormalise(vla.head(x)[0].numpy())
+    assert np.allclose(always[0][0], ref, atol=1e-5)
+    save_vla(vla, tmp_path)
+    save_dysl(dysl, tmp_path, {})
+    coins = tmp_path / 'baselines' / 'random-skip-adapters'
+    save_random_skip(coins, LAYOUT, 1.0, method='random-skip-adapters')
+    same = _run(make_policy('random-skip-adapters', tmp_path, vla=vla), frames)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(always, same))
+    save_random_skip(coins, Layout(8, (0, 2)), 0.5, method='random-skip-adapters')
+    with pytest.raises(ValueError, match='solved for layout'):
+        make_policy('random-skip-adapters', tmp_path, vla=vla)
+
+
+def test_deer_trains_only_its_exit_adapters_and_its_last_exit_is_the_vla(tmp_path, vla):
+    torch.manual_seed(4)
+    xs = [torch.randn(6, TINY.num_tokens, TINY.d_model) for _ in range(3)]
+    head = {k: v.clone() for k, v in vla.head.state_dict().items()}
+    deer, info = train_deer(vla, xs, BaselineTrainConfig(steps=4, lr=1e-2, progress=False),
+                            5.0, DeeRConfig(adapter_rank=3))
+    assert all(torch.equal(v, vla.head.state_dict()[k]) for k, v in head.items())
+    assert len(deer.adapters) == len(deer.exits) - 1 == 3
+    assert sorted({k.split('.')[0] for k in deer.trainable_state_dict()}) == ['adapters']
+    assert info['trainable_parameters'] == deer.num_trainable() == 3 * (64 + 2 * 64 * 3 + 3 + 64)
+    assert any(a.up.weight.abs().sum() > 0 for a in deer.adapters)  # trained off identity
+    deer.set_thresholds([0.0, 0.0])  # never exit early: exactly the VLA
+    frame = _frames(1)[0]
+    chunk, stats = BaselinePolicy(vla, deer, None, 'deer').step(frame, INSTRUCTION)
+    full, _ = make_policy('full', _saved(tmp_path, vla), vla=vla).step(frame, INSTRUCTION)
+    assert stats.layers_run == 8 and np.array_equal(chunk, full)
+    save_baseline(deer, tmp_path / 'baselines' / 'deer')
+    loaded = make_policy('deer', tmp_path, vla=vla)
+    assert np.array_equal(loaded.step(frame, INSTRUCTION)[0], chunk)
+
+
+def test_flexidepth_threshold_is_set_to_the_target_layers(vla):
+    torch.manual_seed(5)
+    xs = [torch.randn(16, TINY.num_tokens, TINY.d_model) for _ in range(2)]
+    fd, info = train_flexidepth(vla, xs, BaselineTrainConfig(steps=0, progress=False),
+                                FlexiDepthConfig(router_width=4, adapter_rank=2), 5.0)
+    with torch.no_grad():  # routers spread out, so the threshold decides
+        for r in fd.routers:
+            r.out.weight.normal_(std=3.0)
+    fd.cfg = FlexiDepthConfig(router_width=4, adapter_rank=2)
+    threshold = solve_threshold(fd, xs, 5.0)
+    assert fd.cfg.threshold == threshold != 0.5
+    layers = [len(fd.infer(x[i:i + 1]).layer_ids) for x in xs for i in range(16)]
+    assert abs(np.mean(layers) - 5.0) <= 0.5
+    assert info['target_layers'] == 5.0 and 0 < info['threshold'] < 1
+
+
+def test_baselines_get_dysls_training_budget(tmp_path):
+    from dysl_ros.model.io import write_json
+    from dysl_ros.train.baselines.command import dysl_budget
+    assert dysl_budget(tmp_path) == {}
+    write_json(tmp_path / 'distill.json', {
+        'config': {'stage1_steps': 600, 'stage2_steps': 700}, 'batch_size': 32,
+        'batches_per_pass': 64})
+    assert dysl_budget(tmp_path) == {'steps': 1300, 'batch_size': 32, 'batches_per_pass': 64}
+
+
+def _saved(directory, vla):
+    save_vla(vla, directory)
+    return directory
+
+
+def test_training_cost_reads_what_training_recorded(model_dir, tmp_path):
+    from dysl_ros.model.io import write_json
+    from dysl_ros.runtime.methods import training_cost
+    d, summary = model_dir
+    assert training_cost('full', d) == {'trainable_parameters': 0, 'train_seconds': 0.0}
+    for name in ('deer', 'flexidepth', 'dysl-joint'):
+        cost = training_cost(name, d)
+        assert cost == {k: summary['methods'][name][k] for k in cost}, name
+    assert training_cost('dysl', tmp_path) == {'trainable_parameters': None,
+                                               'train_seconds': None}
+    write_json(tmp_path / 'distill.json', {'trainable_parameters': 85_671, 'train_seconds': 9.5})
+    for name in ('dysl', 'dysl-no-verify', 'always-skip', 'random-skip-adapters'):
+        assert training_cost(name, tmp_path) == {'trainable_parameters': 85_671,
+                                                 'train_seconds': 9.5}, name

@@ -60,6 +60,9 @@ def test_one_episode_smoke_run_writes_the_table_and_json(tmp_path, capsys):
         assert seg['inferences'] == dysl['inferences'] and seg['static'] < seg['end']
         assert seg['skipped'] == sum(seg['skipped_at'].values()) <= seg['inferences']
         assert seg['allow_change']['pairs'] == dysl['inferences'] - dysl['episodes']
+    assert 'trainable parts' in printed
+    assert result['training']['full'] == {'trainable_parameters': 0, 'train_seconds': 0.0}
+    assert result['backbone_parameters'] > 0
     dysl_episode = next(e for e in result['episodes'] if e['method'] == 'dysl')
     assert len(dysl_episode['skips']) == len(dysl['skips'])
 

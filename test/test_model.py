@@ -262,3 +262,12 @@ def test_tokenizer_handles_unknown_long_and_empty_text():
     assert tok.encode('').tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError):
         WordTokenizer(['a', 'b'], 4)
+
+
+def test_default_parts_stay_within_2_percent_of_the_backbone():
+    """DySL's adapters and controllers on the default model's shape (d = 128, 24 layers, the
+    shipped spread layout): at most 2% of the blocks' parameters (issue 16)."""
+    big = VLA(VLAConfig())
+    dysl = DySL(big.blocks, big.cfg.d_model, Layout(24, (0, 5, 11, 18, 23)))
+    assert dysl.num_trainable() == 85_671
+    assert 0.015 < dysl.parts_fraction() <= 0.02

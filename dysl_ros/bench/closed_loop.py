@@ -4,7 +4,8 @@
 and reports per method: success per task and over all episodes, each with its 95% Wilson
 interval; backbone layers run per inference (mean, p90, fraction of full depth); backbone
 milliseconds per inference (median, p90); the speedup over full depth from the medians and
-from the means, and the fraction of ideal; the share of inferences verified. Failed episodes
+from the means, and the fraction of ideal; the share of inferences verified; trainable
+parameters and training time, as recorded when the parts were made. Failed episodes
 are broken down by how far they got: whether the gripper reached the task's object (came
 within REACHED_MM of it) and whether it moved it (lifted / pushed / opened more than
 MOVED_MM). For methods that walk segments with dynamic layers, each such segment gets
@@ -309,6 +310,19 @@ def format_skips(summary: dict) -> str:
     return '\n'.join(lines)
 
 
+def format_training(costs: Mapping[str, dict], backbone_parameters: int) -> str:
+    """Per method: trainable parameters (and their share of the backbone blocks') and
+    training time, as recorded when the parts were made ('-' where not recorded)."""
+    head = f'{"training":<22}{"parameters":>12}{"of blocks":>11}{"minutes":>9}'
+    lines = [head, '-' * len(head)]
+    for m, c in costs.items():
+        n, s = c.get('trainable_parameters'), c.get('train_seconds')
+        params = (f'{n:>12,}{n / backbone_parameters:>11.2%}' if n is not None
+                  else f'{"-":>12}{"-":>11}')
+        lines.append(f'{m:<22}{params}' + (f'{s / 60:>9.1f}' if s is not None else f'{"-":>9}'))
+    return '\n'.join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime.methods import METHODS
     from ..sim.splits import SPLITS
@@ -342,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..guidance import GuidanceConfig, parse_overrides
     from ..model.io import load_vla
+    from ..model.parts import count_parameters
+    from ..runtime.methods import training_cost
     from ..sim.splits import split_seeds
     from ..sim.suites import get_suite
     if args.episodes < 1 or args.open_loop_steps < 1:
@@ -392,6 +408,10 @@ def run(args: argparse.Namespace) -> int:
     print(f'\nfailed episodes: how many reached the object (within {REACHED_MM:.0f} mm) and, '
           f'of those, moved it (more than {MOVED_MM:.0f} mm)')
     print(format_failures(summary, names))
+    costs = {m: training_cost(m, args.model) for m in args.methods}
+    backbone = count_parameters(vla.blocks.parameters())
+    print(f'\ntrainable parts and their training time (methods on DySL\'s parts show DySL\'s; '
+          f'the VLA itself is not counted)\n{format_training(costs, backbone)}')
     skips = format_skips(summary)
     if skips:
         print(f'\nskips: allow point - first dynamic layer (mean, max); its mean |change| '
@@ -401,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
           'CPUs; fraction of ideal from means')
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {'protocol': protocol,
+            {'protocol': protocol, 'training': costs, 'backbone_parameters': backbone,
              'config': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                         if not k.startswith('_')},
              'summary': summary, 'episodes': [asdict(e) for e in episodes]}, indent=2))

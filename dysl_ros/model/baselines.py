@@ -156,17 +156,22 @@ class FlexiDepth(TrainableParts):
 
 @dataclass(frozen=True)
 class DeeRConfig:
-    """Early exits with one shared action head (DeeR-style baseline).
+    """Early exits, each with its own head (DeeR-style baseline).
 
     Args:
         exit_every: an exit after every this many layers, and one after the last layer
             (FOUND: every 2 layers).
+        adapter_rank: rank of each early exit's adapter, shaped like DySL's; exit i's chunk is
+            the VLA's frozen head on A_i(h_i), so its trainable capacity matches DySL's
+            adapters (RECON: train-baselines passes DySL's rank). The last exit is the VLA.
     """
 
     exit_every: int = 2
+    adapter_rank: int = 12
 
     def __post_init__(self) -> None:
         require(self.exit_every >= 1, 'exit_every', self.exit_every, '>= 1')
+        require(self.adapter_rank >= 1, 'adapter_rank', self.adapter_rank, '>= 1')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,28 +193,33 @@ def chunk_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class DeeR(TrainableParts):
-    """Frozen blocks + one shared head at every exit; thresholds eta_i per decision exit.
+    """Frozen blocks and head; an adapter per early exit; thresholds eta_i per decision exit.
 
-    Exit 0 only provides the first chunk to compare with; at exit i = 1 .. n-2 the pass stops
-    when chunk_distance(exit i, exit i-1) < eta_i; the last exit always stops. Thresholds of 0
-    run full depth; infinite thresholds stop at exit 1.
+    Exit i's chunk is head(A_i(h_i)) (the last exit: head(h_L), the VLA itself). Exit 0 only
+    provides the first chunk to compare with; at exit i = 1 .. n-2 the pass stops when
+    chunk_distance(exit i, exit i-1) < eta_i; the last exit always stops. Thresholds of 0 run
+    full depth; infinite thresholds stop at exit 1.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module,
+    FROZEN = ('blocks.', 'head.')  # the VLA's, shared
+
+    def __init__(self, blocks: Sequence[nn.Module], head: nn.Module, d_model: int,
                  cfg: DeeRConfig = DeeRConfig(), thresholds: Optional[Sequence[float]] = None):
         super().__init__()
         self.cfg = cfg
         self.blocks = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
         self.head = head
         self.exits = exit_layers(len(self.blocks), cfg.exit_every)
+        self.adapters = nn.ModuleList(Adapter(d_model, cfg.adapter_rank)
+                                      for _ in self.exits[:-1])
         self.thresholds = [0.0] * self.num_decisions
         if thresholds is not None:
             self.set_thresholds(thresholds)
 
     @classmethod
     def from_vla(cls, vla: VLA, cfg: DeeRConfig = DeeRConfig()) -> 'DeeR':
-        """The shared head starts as a copy of the VLA's head."""
-        return cls(vla.blocks, copy.deepcopy(vla.head), cfg)
+        """Exits over the VLA's blocks and head (both shared, never changed)."""
+        return cls(vla.blocks, vla.head, vla.cfg.d_model, cfg)
 
     @property
     def num_decisions(self) -> int:
@@ -224,6 +234,10 @@ class DeeR(TrainableParts):
         if any(not v >= 0.0 for v in t):
             raise ValueError(f'thresholds={t} is invalid: expected values >= 0')
         self.thresholds = t
+
+    def exit_chunk(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Exit i's normalised chunk (B, H, D) from the hidden state there."""
+        return self.head(h if i == len(self.exits) - 1 else self.adapters[i](h))
 
     def exit_hiddens(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Hidden states at every exit (batch pass, all layers)."""
@@ -244,7 +258,7 @@ class DeeR(TrainableParts):
             for r in range(li, e):
                 x = self.blocks[r](x)
             li = e
-            chunk = self.head(x)  # (1, H, D)
+            chunk = self.exit_chunk(i, x)  # (1, H, D)
             last = i == len(self.exits) - 1
             if last or (prev is not None
                         and float(chunk_distance(chunk, prev)[0]) < self.thresholds[i - 1]):
@@ -253,7 +267,7 @@ class DeeR(TrainableParts):
         raise AssertionError('unreachable: the last exit always stops')
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
+        return list(self.adapters.parameters())
 
     def meta(self) -> dict:
         return {'config': self.cfg.to_dict(), 'num_layers': len(self.blocks),

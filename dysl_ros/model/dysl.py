@@ -20,7 +20,7 @@ from torch import nn
 from ..layout import Layout
 from ..skipping import SkipTrace, UnitSegments, walk_segments
 from .config import DySLConfig
-from .parts import TrainableParts
+from .parts import TrainableParts, count_parameters
 
 
 class RMSNorm(nn.Module):
@@ -146,6 +146,10 @@ class DySL(TrainableParts):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters()) + list(self.controllers.parameters())
+
+    def parts_fraction(self) -> float:
+        """Adapters and controllers as a share of the backbone blocks' parameters."""
+        return self.num_trainable() / count_parameters(self.blocks.parameters())
 
     def freeze_backbone(self) -> None:
         for p in self.blocks.parameters():

@@ -10,9 +10,18 @@ Methods (dysl-method.md section 4):
     dysl-no-static    ablation: DySL parts on a layout with only layer 0 static
     random-skip       DySL's walk with controllers = Bernoulli(q) coins, adapters = identity,
                       pre-skip and verification off; q matched to DySL's mean layers
-    flexidepth        per-layer router + adapter on every layer, no static layers
-    deer              early exits every 2 layers, one shared head, thresholds eta_i
+    random-skip-adapters
+                      as random-skip with DySL's trained adapters (isolates the controllers)
+    always-skip       DySL's walk and adapters, every segment skipped at its first dynamic
+                      layer, no guidance (isolates controllers + guidance); no training
+    flexidepth        per-layer router + adapter on every layer, no static layers; the
+                      routers' threshold set to DySL's mean layers
+    deer              early exits every 2 layers, an adapter per exit under the VLA's head,
+                      thresholds eta_i
     static-depth      k fixed layers (lowest s_l), fine-tuned; k matched to DySL's mean layers
+
+The trained baselines get DySL's distillation budget (steps x batch) and DySL's part sizes
+(adapter rank, controller width) from `train-baselines`.
 
 Model directory (all safetensors + JSON, no pickle):
 
@@ -23,7 +32,7 @@ Model directory (all safetensors + JSON, no pickle):
     <model_dir>/baselines/<name>/baseline.{json,safetensors}
                                                    flexidepth, deer, static-depth
                                                    (model.baselines.save_baseline)
-    <model_dir>/baselines/random-skip/baseline.json
+    <model_dir>/baselines/random-skip{,-adapters}/baseline.json
                                                    q, seed, layout (no weights)
 
 Every optional part is made by `python -m dysl_ros train-baselines --model-dir <model_dir>`
@@ -45,6 +54,7 @@ from ..model.baselines import BASELINE_JSON, Inference, load_baseline
 from ..model.config import from_dict
 from ..model.io import DYSL_JSON, VLA_JSON, load_dysl, load_vla, read_json
 from ..model.vla import VLA
+from ..paths import DISTILL_JSON
 from .policy import GuidedPolicy, ModelSpec, Policy, StepStats, Clock
 from .runner import Runner, RunnerWrapper
 from .torch_runner import TorchRunner
@@ -82,16 +92,37 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _ablation('dysl-joint'),
     _ablation('dysl-no-static'),
     _baseline('random-skip', 'random_skip'),
+    _baseline('random-skip-adapters', 'random_skip'),
+    Method('always-skip', 'dysl'),
     _baseline('flexidepth', 'flexidepth'),
     _baseline('deer', 'deer'),
     _baseline('static-depth', 'static_depth'),
 )}
 TRAINABLE = tuple(name for name, m in METHODS.items() if m.maker)  # what train-baselines makes
 RANDOM_SKIP_FORMAT = 1
+COIN_METHODS = ('random-skip', 'random-skip-adapters')  # coins for controllers, q stored
 
+SUMMARY_JSON = 'summary.json'  # <model_dir>/baselines/: what train-baselines made, and its cost
 TRAIN_COMMAND = 'python -m dysl_ros train-baselines --model-dir {model_dir} --methods {name}'
 # The command that distils the main DySL parts into <model_dir>.
 DYSL_COMMAND = 'python -m dysl_ros distill --model-dir {model_dir} --demos DEMOS'
+
+
+def training_cost(name: str, model_dir: Path) -> dict[str, Any]:
+    """What method `name`'s parts cost to train: trainable_parameters and train_seconds (None
+    where not recorded), from distill.json for the methods built on the main DySL parts
+    (their controllers or adapters) and from baselines/summary.json for the others."""
+    model_dir = Path(model_dir)
+    parts = METHODS[name].parts
+    if parts == 'base':
+        return {'trainable_parameters': 0, 'train_seconds': 0.0}
+    if parts == 'dysl' or name == 'random-skip-adapters':
+        path = model_dir / DISTILL_JSON
+        entry = read_json(path) if path.is_file() else {}
+    else:
+        path = model_dir / 'baselines' / SUMMARY_JSON
+        entry = read_json(path).get('methods', {}).get(name, {}) if path.is_file() else {}
+    return {k: entry.get(k) for k in ('trainable_parameters', 'train_seconds')}
 
 
 def parts_dir(model_dir: Path, name: str) -> Path:
@@ -103,19 +134,20 @@ def parts_dir(model_dir: Path, name: str) -> Path:
 
 
 class RandomSkipRunner(RunnerWrapper):
-    """Wraps a runner: every controller is a Bernoulli(q) coin from a seeded generator and
-    every adapter is the identity (the random-skip baseline; walk and layers unchanged)."""
+    """Wraps a runner: every controller is a Bernoulli(q) coin from a seeded generator and,
+    unless trained_adapters, every adapter is the identity (walk and layers unchanged)."""
 
-    def __init__(self, base: Runner, q: float, seed: int = 0):
+    def __init__(self, base: Runner, q: float, seed: int = 0, trained_adapters: bool = False):
         if not 0.0 <= q <= 1.0:
             raise ValueError(f'q={q!r} is invalid: expected a probability in [0, 1]')
         super().__init__(base, f'{base.name}+random-skip')
         self.q = float(q)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
+        self.trained_adapters = trained_adapters
 
     def adapter(self, j: int, x: Any) -> Any:
-        return x
+        return self.inner.adapter(j, x) if self.trained_adapters else x
 
     def controller(self, j: int, x: Any) -> float:
         return 1.0 if self.rng.random() < self.q else 0.0
@@ -189,6 +221,9 @@ def _make_policy(name: str, model_dir: Path, device: str, seed: Optional[int],
     if method.parts == 'base':
         return GuidedPolicy(TorchRunner(vla), ModelSpec.from_model(vla), GuidanceConfig(),
                             skipping=False)
+    if name == 'always-skip':  # coins that always land on skip, DySL's adapters
+        _need(model_dir / DYSL_JSON, DYSL_COMMAND.format(model_dir=model_dir))
+        return coin_policy(vla, 1.0, 0, load_dysl(model_dir, vla)[0])
     directory = parts_dir(model_dir, name)
     how = (TRAIN_COMMAND.format(model_dir=model_dir, name=name) if method.maker
            else DYSL_COMMAND.format(model_dir=model_dir))
@@ -196,28 +231,39 @@ def _make_policy(name: str, model_dir: Path, device: str, seed: Optional[int],
         _need(directory / DYSL_JSON, how)
         return _dysl_policy(vla, directory, {**(guidance or {}), **method.guidance})
     _need(directory / BASELINE_JSON, how)
-    if name == 'random-skip':
-        meta = read_random_skip(directory)
-        return random_skip_policy(vla, Layout.from_dict(meta['layout']), meta['q'],
-                                  meta['seed'] if seed is None else seed)
+    if name in COIN_METHODS:
+        meta = read_random_skip(directory, name)
+        seed = meta['seed'] if seed is None else seed
+        if name == 'random-skip':
+            return coin_policy(vla, meta['q'], seed, layout=Layout.from_dict(meta['layout']))
+        _need(model_dir / DYSL_JSON, DYSL_COMMAND.format(model_dir=model_dir))
+        dysl, _ = load_dysl(model_dir, vla)
+        if dysl.layout.to_dict() != meta['layout']:
+            raise ValueError(f'{directory / BASELINE_JSON}: q was solved for layout '
+                             f'{meta["layout"]}, DySL has {dysl.layout.to_dict()}; rerun: '
+                             f'{TRAIN_COMMAND.format(model_dir=model_dir, name=name)}')
+        return coin_policy(vla, meta['q'], seed, dysl)
     module, _ = load_baseline(directory, vla)
     head = vla.head if name == 'flexidepth' else getattr(module, 'head', None)
     return BaselinePolicy(vla, module, head, name)
 
 
-def random_skip_policy(vla: VLA, layout: Layout, q: float, seed: int = 0) -> GuidedPolicy:
-    """Random skip through the same segment walk: pre-skip and verification off."""
-    runner = RandomSkipRunner(TorchRunner(vla), q, seed)
-    return GuidedPolicy(runner, ModelSpec.from_model(vla, layout),
+def coin_policy(vla: VLA, q: float, seed: int = 0, dysl: Optional[Any] = None,
+                layout: Optional[Layout] = None) -> GuidedPolicy:
+    """DySL's segment walk with Bernoulli(q) coins for controllers, pre-skip and
+    verification off: with `dysl`, its layout and trained adapters; without, identity
+    adapters on `layout` (random skip)."""
+    runner = RandomSkipRunner(TorchRunner(vla, dysl), q, seed, trained_adapters=dysl is not None)
+    return GuidedPolicy(runner, ModelSpec.from_model(vla, dysl.layout if dysl else layout),
                         GuidanceConfig(pre_skip=False, verify=False))
 
 
-def read_random_skip(directory: Path) -> dict:
-    """The random-skip baseline's JSON: q, seed, layout (validated)."""
+def read_random_skip(directory: Path, name: str = 'random-skip') -> dict:
+    """A coin method's JSON (random-skip, random-skip-adapters): q, seed, layout (validated)."""
     path = Path(directory) / BASELINE_JSON
     meta = read_json(path)
-    if meta.get('format') != RANDOM_SKIP_FORMAT or meta.get('method') != 'random-skip':
-        raise ValueError(f'{path}: not a random-skip baseline of format {RANDOM_SKIP_FORMAT}')
+    if meta.get('format') != RANDOM_SKIP_FORMAT or meta.get('method') != name:
+        raise ValueError(f'{path}: not a {name} baseline of format {RANDOM_SKIP_FORMAT}')
     missing = sorted({'q', 'seed', 'layout'} - set(meta))
     if missing:
         raise ValueError(f'{path}: missing keys {missing}')

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -27,6 +28,7 @@ from ..layout import Layout
 from ..model.config import DySLConfig
 from ..model.dysl import DySL
 from ..model.io import save_dysl
+from ..paths import DISTILL_JSON
 from ..validation import require
 from .calibrate import module_device
 from .optim import (check_optimiser_fields, check_reiterable, cycle, frozen, make_optimizer,
@@ -304,7 +306,6 @@ def _nullcontext() -> contextlib.AbstractContextManager:
 
 # -- CLI -----------------------------------------------------------------------------------
 
-DISTILL_JSON = 'distill.json'
 
 
 def summarise(hist: dict[str, Any]) -> str:
@@ -381,11 +382,20 @@ def run(args: argparse.Namespace) -> int:
                         lr=args.lr, lam=args.lam, action_weight=args.action_weight,
                         layer_decay=args.layer_decay, seed=args.seed, progress=not args.quiet)
     inputs = EmbeddedBatches(vla, dataset, args.batch_size, args.batches_per_pass, args.seed)
+    start = time.perf_counter()
     hist = distill(dysl, inputs, cfg, head=vla.head, joint=args.joint, checkpoint_dir=out,
                    guidance=calib['guidance'])
-    write_json(out / DISTILL_JSON, {**hist, 'model_dir': str(model_dir),
+    # The budget the baselines get (train-baselines reads it) and the parts' size.
+    budget = {'batch_size': args.batch_size, 'batches_per_pass': args.batches_per_pass,
+              'train_seconds': time.perf_counter() - start,
+              'trainable_parameters': dysl.num_trainable(),
+              'parts_fraction': dysl.parts_fraction()}
+    write_json(out / DISTILL_JSON, {**hist, **budget, 'model_dir': str(model_dir),
                                     'demos': str(args.demos), 'layout': layout.to_dict(),
                                     'dysl_config': dysl_cfg.to_dict()})
     print(summarise(hist))
+    print(f'DySL parts: {budget["trainable_parameters"]:,} parameters, '
+          f'{100 * budget["parts_fraction"]:.2f}% of the backbone blocks; '
+          f'{budget["train_seconds"] / 60:.1f} min')
     print(f'wrote {out}')
     return 0

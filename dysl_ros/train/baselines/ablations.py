@@ -30,7 +30,8 @@ def train_dysl_ablation(vla: VLA, inputs: Iterable[Batch], name: str, layout: La
     out = distill(dysl, xs, distill_cfg, head=vla.head, joint=name == 'dysl-joint')
     dysl.eval()
     save_dysl(dysl, directory, guidance)
-    return {'layout': layout.to_dict(), 'stage2_after': out['stage2']['after']}
+    return {'layout': layout.to_dict(), 'stage2_after': out['stage2']['after'],
+            'trainable_parameters': dysl.num_trainable()}
 
 
 def make(job: Job, name: str, out_dir: Path) -> dict[str, Any]:

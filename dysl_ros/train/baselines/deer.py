@@ -1,6 +1,7 @@
-"""DeeR: the shared exit head trained on every exit; thresholds eta_i solved on demonstration
-observations so that a target share of steps exits at each stage (shares decay
-geometrically, as in DeeR, and average to DySL's mean executed layers)."""
+"""DeeR: an adapter per early exit (DySL's rank) trained under the VLA's frozen head;
+thresholds eta_i solved on demonstration observations so that a target share of steps exits
+at each stage (shares decay geometrically, as in DeeR, and average to DySL's mean executed
+layers)."""
 from __future__ import annotations
 
 import math
@@ -84,7 +85,7 @@ def exit_differences(deer: DeeR, inputs: Iterable[Batch]) -> np.ndarray:
     device = next(deer.head.parameters()).device
     for batch in inputs:
         x, _ = split_batch(batch, device)
-        chunks = [deer.head(h) for h in deer.exit_hiddens(x)]  # exits x (B, H, D)
+        chunks = [deer.exit_chunk(i, h) for i, h in enumerate(deer.exit_hiddens(x))]
         d = [chunk_distance(chunks[i], chunks[i - 1]) for i in range(1, len(chunks) - 1)]
         rows.append(torch.stack(d, dim=1) if d else x.new_zeros(x.shape[0], 0))
     return torch.cat(rows).double().cpu().numpy()
@@ -93,7 +94,8 @@ def exit_differences(deer: DeeR, inputs: Iterable[Batch]) -> np.ndarray:
 def train_deer(vla: VLA, inputs: Iterable[Batch], cfg: BaselineTrainConfig,
                target_layers: float, model_cfg: DeeRConfig = DeeRConfig()
                ) -> tuple[DeeR, dict[str, Any]]:
-    """Train the shared exit head (mean L1 over exits), then solve eta_i on the inputs."""
+    """Train the exit adapters (mean L1 over the early exits), then solve eta_i on the
+    inputs."""
     check_reiterable(inputs)
     deer = DeeR.from_vla(vla, model_cfg).to(vla.action_mean.device)
     params = deer.trainable_parameters()
@@ -102,21 +104,24 @@ def train_deer(vla: VLA, inputs: Iterable[Batch], cfg: BaselineTrainConfig,
         with torch.no_grad():
             hs = deer.exit_hiddens(x)  # exits x (B, T, C)
             target = y if y is not None else vla.head(hs[-1])
-        return {'loss': torch.stack([F.l1_loss(deer.head(h).float(), target.float())
-                                     for h in hs]).mean()}
+        return {'loss': torch.stack([F.l1_loss(deer.exit_chunk(i, h).float(), target.float())
+                                     for i, h in enumerate(hs[:-1])]).mean()}
 
-    hist = train_loop(vla, inputs, cfg, params, [deer.head], 'deer head', step)
+    hist = train_loop(vla, inputs, cfg, params, [deer.adapters], 'deer exits', step)
     deer.eval()
     diffs = exit_differences(deer, inputs)
     shares = deer_shares(deer.exits[1:], target_layers)
     deer.set_thresholds(solve_deer_thresholds(diffs, shares))
     ev = evaluate(vla, inputs, cfg.eval_samples, deer.infer, None)
     return deer, {'steps': cfg.steps, **curve_ends(hist), 'target_layers': float(target_layers),
-                  'shares': shares.tolist(), 'eval': ev}
+                  'shares': shares.tolist(), 'eval': ev,
+                  'trainable_parameters': deer.num_trainable()}
 
 
 def make(job: Job, name: str, out_dir: Path) -> dict[str, Any]:
-    """Train the exit head, solve the thresholds for the target layers, save."""
-    module, info = train_deer(job.vla, job.pairs, job.cfg, job.target_layers)
+    """Train the exit adapters at DySL's adapter rank, solve the thresholds for the target
+    layers, save."""
+    module, info = train_deer(job.vla, job.pairs, job.cfg, job.target_layers,
+                              DeeRConfig(adapter_rank=job.dysl_cfg.adapter_rank))
     save_baseline(module, out_dir, {'train': info, 'config': job.cfg.to_dict()})
     return info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -18,7 +19,7 @@ from ...layout import Layout
 from ...model.config import DySLConfig
 from ...model.io import DYSL_JSON, load_vla, read_json, write_json
 from ...model.vla import VLA
-from ...runtime.methods import METHODS, TRAINABLE, make_policy, parts_dir
+from ...runtime.methods import METHODS, SUMMARY_JSON, TRAINABLE, make_policy, parts_dir
 from ...runtime.policy import Policy
 from ..calibrate import layer_similarity, select_static
 from ..dataset import DemoDataset, EmbeddedBatches
@@ -26,6 +27,9 @@ from ..distill import DistillConfig
 from .common import BaselineTrainConfig, Job
 
 Maker = Callable[[Job, str, Path], dict[str, Any]]
+# Methods whose makers match DySL's mean executed layers.
+BUDGETED = frozenset({'random-skip', 'random-skip-adapters', 'flexidepth', 'deer',
+                      'static-depth'})
 
 
 def maker(name: str) -> Maker:
@@ -61,12 +65,13 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
                         ) -> dict[str, Any]:
     """Make every requested baseline / ablation of the model in `model_dir` from demos.
 
-    target_layers, DySL's mean executed layers per step (what random skip, DeeR and static
-    depth match), is measured open-loop with the 'dysl' policy over the first
-    measure_episodes episodes when not given. Training batches are random demo samples,
+    target_layers, DySL's mean executed layers per step (what the BUDGETED methods match),
+    is measured open-loop with the 'dysl' policy over the first measure_episodes episodes
+    when not given. Training batches are random demo samples,
     embedded by the frozen VLA, with their normalised action chunks (batches per pass:
     one epoch by default). Writes the parts (see dysl_ros.runtime.methods) and
-    <model_dir>/baselines/summary.json; returns that summary.
+    <model_dir>/baselines/summary.json (with each method's trainable_parameters and
+    train_seconds); returns that summary.
     """
     unknown = sorted(set(methods) - set(TRAINABLE))
     if unknown:
@@ -80,7 +85,7 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
     pairs = EmbeddedBatches(vla, dataset, batch_size, n_batches, seed, with_actions=True)
     hidden = EmbeddedBatches(vla, dataset, batch_size, n_batches, seed)
     summary: dict[str, Any] = {'methods': {}, 'samples': len(dataset)}
-    if target_layers is None and set(methods) & {'random-skip', 'deer', 'static-depth'}:
+    if target_layers is None and set(methods) & BUDGETED:
         if not (model_dir / DYSL_JSON).is_file():
             raise FileNotFoundError(f'{model_dir / DYSL_JSON} is missing: distil DySL first, '
                                     'or pass target_layers (--target-layers)')
@@ -92,10 +97,15 @@ def train_all_baselines(model_dir: Path, episodes: Sequence[Episode],
               guidance, seed)
     for name in methods:
         out_dir = parts_dir(model_dir, name)
+        start = time.perf_counter()
         info = maker(name)(job, name, out_dir)
-        summary['methods'][name] = {'dir': str(out_dir), **_brief(info)}
-    (model_dir / 'baselines').mkdir(parents=True, exist_ok=True)
-    write_json(model_dir / 'baselines' / 'summary.json', summary)
+        summary['methods'][name] = {'dir': str(out_dir), **_brief(info),
+                                    'train_seconds': time.perf_counter() - start}
+    path = model_dir / 'baselines' / SUMMARY_JSON
+    if path.is_file():  # methods made by an earlier call keep their entries
+        summary['methods'] = {**read_json(path).get('methods', {}), **summary['methods']}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, summary)
     return summary
 
 

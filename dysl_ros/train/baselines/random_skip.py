@@ -1,4 +1,5 @@
-"""Random skip: q solved so that the expected layers run match DySL's mean executed layers."""
+"""Random skip (identity or DySL's trained adapters): q solved so that the expected layers
+run match DySL's mean executed layers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Any, Optional
 
 from ...layout import Layout
 from ...model.io import write_json
-from ...runtime.methods import BASELINE_JSON, RANDOM_SKIP_FORMAT
+from ...runtime.methods import BASELINE_JSON, COIN_METHODS, RANDOM_SKIP_FORMAT
 from ...validation import require
 from .common import Job
 
@@ -37,19 +38,22 @@ def solve_random_skip_q(layout: Layout, target_layers: float) -> float:
 
 
 def save_random_skip(directory: Path, layout: Layout, q: float, seed: int = 0,
-                     extra: Optional[dict] = None) -> None:
-    """Write <directory>/baseline.json for the random-skip baseline (no weights)."""
+                     extra: Optional[dict] = None, method: str = 'random-skip') -> None:
+    """Write <directory>/baseline.json for a coin method (no weights): random-skip, or
+    random-skip-adapters (DySL's adapters, so `layout` must be DySL's)."""
     require(0.0 <= q <= 1.0, 'q', q, 'a probability in [0, 1]')
+    require(method in COIN_METHODS, 'method', method, f'one of {COIN_METHODS}')
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / BASELINE_JSON, {
-        'format': RANDOM_SKIP_FORMAT, 'method': 'random-skip', 'q': float(q), 'seed': int(seed),
+        'format': RANDOM_SKIP_FORMAT, 'method': method, 'q': float(q), 'seed': int(seed),
         'layout': layout.to_dict(), 'expected_layers': random_skip_expected_layers(layout, q),
         'extra': dict(extra or {})})
 
 
 def make(job: Job, name: str, out_dir: Path) -> dict[str, Any]:
-    """Solve q for the target layers and write it (no training)."""
+    """Solve q for the target layers on DySL's layout and write it (no training)."""
     q = solve_random_skip_q(job.layout, job.target_layers)
-    save_random_skip(out_dir, job.layout, q, job.seed, {'target_layers': job.target_layers})
-    return {'q': q}
+    save_random_skip(out_dir, job.layout, q, job.seed, {'target_layers': job.target_layers},
+                     method=name)
+    return {'q': q, 'trainable_parameters': 0}

@@ -54,7 +54,8 @@ def train_static_depth(vla: VLA, inputs: Iterable[Batch], cfg: BaselineTrainConf
     sd.eval()
     ev = evaluate(vla, inputs, cfg.eval_samples, sd.infer, sd.head)
     return sd, {'steps': cfg.steps, 'kept': kept,
-                'similarity': [float(v) for v in similarity], **curve_ends(hist), 'eval': ev}
+                'similarity': [float(v) for v in similarity], **curve_ends(hist), 'eval': ev,
+                'trainable_parameters': sd.num_trainable()}
 
 
 def make(job: Job, name: str, out_dir: Path) -> dict[str, Any]:
