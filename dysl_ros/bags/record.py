@@ -1,15 +1,19 @@
 """`python -m dysl_ros record`: simulated episodes, expert or policy, into a rosbag2 bag.
 
-No DDS: the tool drives the MuJoCo tabletop and the expert or policy directly, and writes the
-messages the nodes would publish, on the nodes' default topics (dysl_ros.bags.topics):
+No DDS: the tool drives a simulation suite (--suite, sim/suites.py: the MuJoCo tabletop by
+default, or metaworld-mt10) and the expert or policy directly, and writes the messages the
+nodes would publish, on the nodes' default topics (dysl_ros.bags.topics):
 
     per episode   /instruction            the task's instruction (starts the episode)
-    per step      /image, /wrist/image    the observation (stamp = the step's time)
+    per step      /image, /wrist/image    the observation (stamp = the step's time); the
+                                          suite's cameras (MT10: /corner/image,
+                                          /gripperPOV/image)
                   /episode_status         JSON as the sim node + 'phase' (the scripted
                                           expert's phase; for policy episodes the phase an
                                           expert tracking the same state would be in)
                   /command                the action applied (expert: its action; policy:
-                                          chunk action, clipped as the controller clips)
+                                          chunk action, clipped to the suite's limits as
+                                          the controller clips)
     per chunk     /action_chunk           the chunk, as the policy node publishes it
                   /policy_node/step_stats JSON as the policy node + 'continuity',
                                           'continuity_change' and 'guidance': the ring
@@ -18,14 +22,18 @@ messages the nodes would publish, on the nodes' default topics (dysl_ros.bags.to
 
 Time is simulated, not wall time: step k of an episode is stamped t0 + lead + k / control_hz
 (the policy infers on each observation it acts on; --execute N runs N actions per chunk).
-Expert episodes carry no chunk. `ros2 bag info` / `ros2 bag play` read the bag on a robot.
+Expert episodes carry no chunk. The bag's custom data (BAG_FORMAT) names the suite, its
+action names, the cameras and the rate, which `replay` reads. `ros2 bag info` / `ros2 bag
+play` read the bag on a robot.
 
     python -m dysl_ros record --out bags/expert --episodes 2
     python -m dysl_ros record --out bags/dysl --source policy --model models/default
+    python -m dysl_ros record --suite metaworld-mt10 --out bags/mt10 --tasks drawer_close
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -36,11 +44,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
-from ..runtime.messages import EpisodeStatus, StepStats
+from ..runtime.messages import EpisodeStatus, StepStats, camera_topic
+from ..sim.suites import DEFAULT_SUITE, SUITES, get_suite
 from ..validation import require
 from .bagfile import STORAGES, BagWriter
 from .policies import guidance_of
-from .topics import (DEFAULT_CAMERAS, MSG_CHUNK, MSG_COMMAND, MSG_IMAGE, MSG_STRING, TopicMap,
+from .topics import (MSG_CHUNK, MSG_COMMAND, MSG_IMAGE, MSG_STRING, TopicMap,
                      add_topic_arguments, chunk_msg, command_msg, image_msg, string_msg,
                      topics_from_args)
 
@@ -57,22 +66,26 @@ class RecordConfig:
 
     Args:
         source: 'expert' (scripted expert acts) or 'policy' (the policy acts).
-        tasks: task names; empty: every task.
+        suite: the simulation suite (sim/suites.py) whose tasks, expert and action limits
+            are used; the env given to record() must be one of its envs.
+        tasks: task names of the suite; empty: every task.
         episodes: episodes per task.
         seed: seed of the first episode; each episode uses the next.
         execute: policy only: actions executed per chunk before the next inference (1: a new
             chunk on every observation, as the policy node with a fast model).
-        control_hz: control rate: one observation and one command per 1 / control_hz.
+        control_hz: control rate: one observation and one command per 1 / control_hz; 0:
+            the env's rate.
         episode_gap: seconds of bag time between the end of an episode and the next one.
         start_ns: bag time of the first instruction (ns since the epoch); 0: now.
     """
 
     source: str = 'expert'
+    suite: str = DEFAULT_SUITE
     tasks: tuple[str, ...] = ()
     episodes: int = 1
     seed: int = 0
     execute: int = 1
-    control_hz: float = 20.0
+    control_hz: float = 0.0
     episode_gap: float = 0.5
     start_ns: int = 0
 
@@ -82,7 +95,7 @@ class RecordConfig:
         require(self.episodes >= 1, 'episodes', self.episodes, '>= 1')
         require(self.seed >= 0, 'seed', self.seed, '>= 0')
         require(self.execute >= 1, 'execute', self.execute, '>= 1')
-        require(self.control_hz > 0, 'control_hz', self.control_hz, '> 0')
+        require(self.control_hz >= 0, 'control_hz', self.control_hz, '>= 0 (0: the env\'s)')
         require(self.episode_gap >= 0, 'episode_gap', self.episode_gap, '>= 0 s')
         require(self.start_ns >= 0, 'start_ns', self.start_ns, '>= 0')
 
@@ -102,17 +115,22 @@ class _Clock:
 def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
            policy: Optional[Any] = None, storage: str = 'mcap', info: Optional[dict] = None,
            progress: bool = True) -> dict:
-    """Run the episodes in `env` (a TabletopEnv whose cameras are the topic map's) and write
-    the bag; returns a summary. policy is required for source 'policy'."""
-    from ..runtime.chunking import ChunkExecutorConfig
-    from ..sim import TASKS
-    from ..sim.expert import make_expert
+    """Run the episodes in `env` (an env of cfg.suite whose cameras are the topic map's) and
+    write the bag; returns a summary. policy is required for source 'policy' and must act in
+    the suite's action names."""
+    sim = get_suite(cfg.suite)
     if cfg.source == 'policy' and policy is None:
         raise ValueError("source='policy' needs a policy")
-    names = [t.name for t in TASKS]
-    unknown = [t for t in cfg.tasks if t not in names]
+    if not isinstance(env.cfg, sim.config):
+        raise ValueError(f'the env ({type(env).__name__}) is not one of the {sim.name} suite '
+                         f'({sim.config.__name__} expected): make it with '
+                         f'get_suite({sim.name!r}).make_env')
+    unknown = [t for t in cfg.tasks if t not in sim.task_names]
     if unknown:
-        raise ValueError(f'tasks={unknown} are unknown: expected names from {names}')
+        raise ValueError(f'tasks={unknown} are unknown in suite {sim.name}: expected names '
+                         f'from {sim.task_names}')
+    if not cfg.control_hz:
+        cfg = dataclasses.replace(cfg, control_hz=float(env.cfg.control_hz))
     if abs(env.cfg.control_hz - cfg.control_hz) > 1e-9:
         raise ValueError(f'control_hz={cfg.control_hz} differs from the sim\'s '
                          f'{env.cfg.control_hz}: one command per sim step')
@@ -121,6 +139,7 @@ def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
         raise ValueError(f'cameras {missing} of the topic map are not rendered by the sim '
                          f'(its cameras: {list(env.cfg.cameras)})')
     if policy is not None:
+        sim.check_model(policy.spec.action_names)
         cams = list(policy.spec.cameras)
         if sorted(cams) != sorted(topics.camera_names):
             raise ValueError(f'the model\'s cameras {cams} differ from the topic map\'s '
@@ -135,20 +154,20 @@ def record(out: Path | str, cfg: RecordConfig, topics: TopicMap, env: Any,
                 raise ValueError(f'the policy\'s guidance puts {executed} actions of each '
                                  f'chunk into its history, but execute={cfg.execute} run: '
                                  f"open it with guidance={{'executed_actions': {cfg.execute}}}")
-    limits = ChunkExecutorConfig()
-    lower, upper = np.array(limits.lower_limits), np.array(limits.upper_limits)
-    tasks = [t for t in TASKS if not cfg.tasks or t.name in cfg.tasks]
+    lower, upper = np.array(sim.action_low), np.array(sim.action_high)
+    tasks = [t for t in sim.tasks if not cfg.tasks or t.name in cfg.tasks]
     jobs = [(t, cfg.seed + i)
             for i, t in enumerate(t for t in tasks for _ in range(cfg.episodes))]
     clock = _Clock(now=cfg.start_ns or time.time_ns())
     summary = {'bag': str(out), 'episodes': [], 'steps': 0, 'chunks': 0}
-    info = {'format': BAG_FORMAT, 'source': cfg.source, 'control_hz': cfg.control_hz,
+    info = {'format': BAG_FORMAT, 'source': cfg.source, 'suite': sim.name,
+            'action_names': list(sim.action_names), 'control_hz': cfg.control_hz,
             'execute': cfg.execute, 'cameras': [list(c) for c in topics.cameras],
             'image_size': env.cfg.image_size, **(info or {})}
     with BagWriter(out, storage, info) as bag:
         for n, (task, seed) in enumerate(tqdm(jobs, desc='record', unit='ep',
                                               disable=not progress)):
-            expert = make_expert(env)
+            expert = sim.make_expert(env)
             row = _episode(bag, env, expert, policy, task, seed, n + 1, cfg, topics, clock,
                            lower, upper)
             summary['episodes'].append(row)
@@ -239,8 +258,7 @@ def guidance_state_from_json(data: dict) -> dict:
 
 def default_topics(cameras: tuple[str, ...]) -> TopicMap:
     """The nodes' default topics for these cameras (front: /image, other: /<name>/image)."""
-    known = dict(DEFAULT_CAMERAS)
-    return TopicMap(cameras=tuple((c, known.get(c, f'/{c}/image')) for c in cameras))
+    return TopicMap(cameras=tuple((c, '/' + camera_topic(c)) for c in cameras))
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -252,6 +270,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='rosbag2 storage plugin (default mcap)')
     parser.add_argument('--source', choices=SOURCES, default=d.source,
                         help='who acts: the scripted expert (default) or the policy')
+    parser.add_argument('--suite', choices=list(SUITES), default=d.suite,
+                        help=f'simulation suite (default {d.suite}); a policy\'s model must '
+                             'act in its action names')
     parser.add_argument('--model', type=Path, default=None,
                         help='policy: model directory or export (default models/default)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch')
@@ -261,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=0,
                         help='torch / ONNX Runtime threads (0: their default)')
     parser.add_argument('--tasks', nargs='+', default=[], metavar='NAME',
-                        help='task names (default: every task)')
+                        help='task names of the suite (default: every task)')
     parser.add_argument('--episodes', type=int, default=d.episodes, help='episodes per task')
     parser.add_argument('--seed', type=int, default=d.seed, help='first episode seed')
     parser.add_argument('--max-steps', type=int, default=0,
@@ -269,7 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--execute', type=int, default=d.execute,
                         help='policy: actions executed per chunk (default 1); the guidance '
                              'puts as many into its continuity history')
-    parser.add_argument('--control-hz', type=float, default=d.control_hz)
+    parser.add_argument('--control-hz', type=float, default=d.control_hz,
+                        help='control rate (default 0: the suite\'s, tabletop 20 Hz, '
+                             'metaworld-mt10 80 Hz, its only one)')
     parser.add_argument('--image-size', type=int, default=0,
                         help='camera resolution (default: the model\'s, or 64 for the expert)')
     parser.add_argument('--start-ns', type=int, default=0,
@@ -280,10 +303,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Record the episodes; print a summary line per episode."""
-    from ..sim import SimConfig, TabletopEnv
-    cfg = RecordConfig(source=args.source, tasks=tuple(args.tasks), episodes=args.episodes,
-                       seed=args.seed, execute=args.execute, control_hz=args.control_hz,
-                       start_ns=args.start_ns)
+    suite = get_suite(args.suite)
+    cfg = RecordConfig(source=args.source, suite=suite.name, tasks=tuple(args.tasks),
+                       episodes=args.episodes, seed=args.seed, execute=args.execute,
+                       control_hz=args.control_hz, start_ns=args.start_ns)
     topics, given = topics_from_args(args)
     policy, info = None, {}
     if cfg.source == 'policy':
@@ -293,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         policy = open_policy(args.model, args.backend, args.method,
                              PolicyOptions(device=args.device, threads=args.threads,
                                            guidance={'executed_actions': cfg.execute}))
+        suite.check_model(policy.spec.action_names)  # before its cameras meet the suite's
         if 'cameras' not in given:
             topics = TopicMap(**{**_fields(topics),
                                  'cameras': default_topics(tuple(policy.spec.cameras)).cameras})
@@ -300,10 +324,13 @@ def run(args: argparse.Namespace) -> int:
                 'method': args.method, 'action_names': list(policy.spec.action_names)}
         size = args.image_size or policy.spec.image_size
     else:
+        if 'cameras' not in given:
+            topics = TopicMap(**{**_fields(topics),
+                                 'cameras': default_topics(suite.cameras).cameras})
         size = args.image_size or 64
-    sim_cfg = SimConfig(image_size=size, cameras=topics.camera_names,
-                        control_hz=args.control_hz, max_steps=args.max_steps or None)
-    with TabletopEnv(sim_cfg) as env:
+    sim_cfg = suite.env_config(args.control_hz, image_size=size, cameras=topics.camera_names,
+                               max_steps=args.max_steps or None)
+    with suite.make_env(sim_cfg) as env:
         summary = record(args.out, cfg, topics, env, policy, args.storage, info,
                          progress=not args.quiet)
     for row in summary['episodes']:

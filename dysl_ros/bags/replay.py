@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..runtime.loading import BACKENDS, PolicyOptions, open_policy
 from ..validation import require
-from .bagfile import BagError
+from .bagfile import BagError, bag_info
 from .episodes import BagData, load_bag
 from .policies import full_depth_twin, guidance_of, recorded_guidance
 from .record import guidance_state_from_json, guidance_state_json
@@ -144,6 +144,15 @@ def replay_step_locked(data: BagData, policy: Any, cfg: ReplayConfig = ReplayCon
     return episodes, arrays.finish()
 
 
+def check_actions(data: BagData, action_names: Any) -> None:
+    """BagError (one line) when a bag made by `record` acts in other action names than the
+    model (a bag of another suite); other bags are not checked."""
+    recorded = (data.info or {}).get('action_names')
+    if recorded is not None and tuple(recorded) != tuple(action_names):
+        raise BagError(f'{data.path}: recorded in actions {tuple(recorded)}, the model acts in '
+                       f'{tuple(action_names)}: replay it with a model of that suite')
+
+
 def _selected(e: Any, frames: str) -> list:
     if frames == 'all':
         return list(e.observations)
@@ -199,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Replay the bag and write the report."""
-    topics, given = topics_from_args(args)
+    topics, given = topics_from_args(args, bag_info(args.bag))
     cfg = ReplayConfig(frames=args.frames, references=tuple(args.reference),
                        restore_guidance=args.restore_guidance)
     if args.threads > 0:
@@ -226,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         policy = open_policy(args.model, args.backend, args.method,
                              PolicyOptions(device=args.device, threads=args.threads,
                                            guidance=recorded_guidance(data.info)))
+        check_actions(data, policy.spec.action_names)
         episodes, arrays = replay_step_locked(data, policy, cfg, progress=not args.quiet)
         meta['frames'], meta['references'] = cfg.resolve(data)
     report = write_report(args.out, meta, episodes, arrays, plots=not args.no_plots)

@@ -13,14 +13,15 @@ gives a bag every command here reads:
     /policy_node/step_stats    std_msgs/msg/String, JSON (as the policy node; + 'guidance')
 
 Bags from a robot have other names: every command takes them as arguments (--camera
-NAME=TOPIC, --instruction-topic, ...).
+NAME=TOPIC, --instruction-topic, ...). A bag made by `record` lists its cameras and topics
+(another suite's: MT10's /corner/image, /gripperPOV/image), and `replay` reads them from it.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -98,12 +99,17 @@ def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f'{help_text} (default {getattr(d, name)})')
 
 
-def topics_from_args(args: argparse.Namespace) -> tuple[TopicMap, set[str]]:
+def topics_from_args(args: argparse.Namespace, recorded: Optional[dict] = None
+                     ) -> tuple[TopicMap, set[str]]:
     """The TopicMap of the parsed arguments, and the roles the user named explicitly (a
-    named topic must be in the bag; a default one may be absent where it is optional)."""
+    named topic must be in the bag; a default one may be absent where it is optional).
+    Without --camera the cameras are those a bag's `record` info lists (`recorded`: its
+    custom data, e.g. an MT10 bag's corner and gripperPOV), else the defaults."""
     d = TopicMap()
     given = set()
     cameras = d.cameras
+    if recorded and recorded.get('cameras'):
+        cameras = tuple((str(c), str(t)) for c, t in recorded['cameras'])
     if getattr(args, 'camera_topics', None):
         cameras = tuple(_camera_pair(s) for s in args.camera_topics)
         given.add('cameras')

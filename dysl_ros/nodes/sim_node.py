@@ -1,9 +1,18 @@
-"""The MuJoCo tabletop as a ROS node (dysl_ros.sim.TabletopEnv).
+"""A simulation suite as a ROS node: the MuJoCo tabletop (dysl_ros.sim.TabletopEnv, the
+default) or Meta-World MT10 (parameter `suite`: metaworld-mt10), from sim/suites.py.
+
+The suite fixes the action layout and what the other parameters default to: cameras (empty:
+the suite's, tabletop front + wrist, MT10 corner + gripperPOV), camera_topics (empty: front
+on `image`, any other camera on `<camera>/image`) and control_rate (0: the suite's, 20 Hz or
+80 Hz). A value the suite cannot take (a camera it does not have, a rate its env does not
+step at, MT10's max_steps over 500) stops the node at start with one line saying why.
 
 Topics (relative names):
 
-    subscribes  command          std_msgs/Float64MultiArray (COMMAND_QOS): one action (7,) in
-                                 dysl_ros.sim.ACTION_NAMES order (deltas, absolute gripper)
+    subscribes  command          std_msgs/Float64MultiArray (COMMAND_QOS): one action in the
+                                 suite's action_names order (tabletop (7,): dx dy dz droll
+                                 dpitch dyaw gripper; MT10 (4,): dx dy dz gripper): deltas and
+                                 an absolute gripper
                 instruction      std_msgs/String (INSTRUCTION_QOS): reset to the task it names
                                  (next seed) and start stepping
     publishes   camera_topics[i] sensor_msgs/Image rgb8 (CAMERA_QOS), all cameras of one step
@@ -17,7 +26,8 @@ Topics (relative names):
 
 Stepping: a timer at control_rate steps the episode while it runs, with the oldest queued
 command (up to command_queue are kept, so jitter between the controller's and the sim's
-timers loses no command); with none queued it holds (zero deltas, gripper unchanged). The
+timers loses no command); with none queued it holds (zero deltas, gripper unchanged: the
+suite's initial value before the first command, tabletop 0, MT10 -1, both open). The
 status counts as `holds` the steps that held, for lack of a command or because the
 controller sent a hold (a command whose layout dimension is labelled 'hold'). After
 success or the time limit it stops stepping and publishes nothing more until the next
@@ -40,24 +50,30 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from ..runtime.messages import HOLD_LABEL, EpisodeStatus, command_from_msg
+from ..runtime.messages import HOLD_LABEL, EpisodeStatus, camera_topic, command_from_msg
+from ..sim.suites import DEFAULT_SUITE, SUITES, Suite, get_suite
 from .image_conversion import rgb_to_image
 from .params import Param, declare_params
 from .qos import CAMERA_QOS, COMMAND_QOS, INSTRUCTION_QOS, STATUS_QOS
 from .spin import spin_node
 
 PARAMS = (
-    Param('control_rate', 20.0, 'simulation steps per second (one command per step)', 1.0,
-          500.0, read_only=True),
-    Param('image_size', 64, 'square camera resolution in pixels', 16, 1024, read_only=True),
-    Param('cameras', ['front', 'wrist'], 'cameras rendered and published, in the order of '
-          'camera_topics', read_only=True),
-    Param('camera_topics', ['image', 'wrist/image'], 'image topic per camera',
+    Param('suite', DEFAULT_SUITE, 'simulation suite: its env, tasks, cameras, action layout '
+          'and rate', choices=tuple(SUITES), read_only=True),
+    Param('control_rate', 0.0, 'simulation steps per second (one command per step); 0: the '
+          'suite\'s (tabletop 20, metaworld-mt10 80, its only rate)', 0.0, 500.0,
           read_only=True),
+    Param('image_size', 64, 'square camera resolution in pixels (metaworld-mt10: at most 480)',
+          16, 1024, read_only=True),
+    Param('cameras', [], 'cameras rendered and published, in the order of camera_topics, the '
+          'primary first; empty: the suite\'s (tabletop front, wrist; metaworld-mt10 corner, '
+          'gripperPOV)', read_only=True, dynamic_typing=True),
+    Param('camera_topics', [], 'image topic per camera; empty: front on image, any other '
+          'camera on <camera>/image', read_only=True, dynamic_typing=True),
     Param('seed', 0, 'seed of the first episode; each reset uses the next one', 0, 2 ** 31 - 1,
           read_only=True),
-    Param('max_steps', 0, 'episode time limit in steps; 0 uses each task\'s own limit', 0,
-          100000, read_only=True),
+    Param('max_steps', 0, 'episode time limit in steps; 0 uses each task\'s own limit '
+          '(metaworld-mt10: at most 500)', 0, 100000, read_only=True),
     Param('instruction', '', 'start an episode with this instruction at start-up; empty waits '
           'for the instruction topic', read_only=True),
     Param('command_queue', 2, 'commands kept until their step (older ones are dropped)', 1,
@@ -65,32 +81,45 @@ PARAMS = (
 )
 
 
+def sim_setup(values: dict) -> tuple[Suite, Any, list[tuple[str, str]]]:
+    """The suite, its env config and the (camera, topic) pairs the node's parameter values
+    ask for (ROS-free); ValueError naming the suite and the value that does not fit it."""
+    suite = get_suite(values['suite'])
+    cameras = tuple(values['cameras'] or ()) or suite.cameras
+    topics = list(values['camera_topics'] or ()) or [camera_topic(c) for c in cameras]
+    if len(topics) != len(cameras):
+        raise ValueError(f'camera_topics={topics} is invalid: expected one topic per camera '
+                         f'of {list(cameras)}')
+    try:
+        cfg = suite.env_config(values['control_rate'], 'control_rate',
+                               image_size=values['image_size'],
+                               cameras=cameras, max_steps=values['max_steps'] or None)
+    except ValueError as e:
+        raise ValueError(f'suite {suite.name}: {e}') from None
+    return suite, cfg, list(zip(cameras, topics))
+
+
 class SimNode(Node):
-    """Steps a TabletopEnv at the control rate; see the module docstring for its interface."""
+    """Steps a suite's env at its control rate; see the module docstring for its interface."""
 
     def __init__(self, node_name: str = 'sim_node', **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        from ..sim import ACTION_NAMES, SimConfig, TabletopEnv  # sets MUJOCO_GL first
+        self._env_thread: Optional[ThreadPoolExecutor] = None  # none while parameters fail
         v = declare_params(self, PARAMS)
-        if len(v['camera_topics']) != len(v['cameras']):
-            raise ValueError(f'camera_topics={v["camera_topics"]} is invalid: expected one '
-                             f'topic per camera of {v["cameras"]}')
-        cfg = SimConfig(image_size=v['image_size'], cameras=tuple(v['cameras']),
-                        control_hz=v['control_rate'], max_steps=v['max_steps'] or None)
+        self.suite, cfg, pairs = sim_setup(v)
         self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='sim_env')
-        self.env = self._env_thread.submit(TabletopEnv, cfg).result()
-        self.action_dim = len(ACTION_NAMES)
+        self.env = self._env_thread.submit(self.suite.make_env, cfg).result()
+        self.action_dim = len(self.suite.action_names)
         self._next_seed = int(v['seed'])
         self._running = False
         self._instruction = ''
         self._holds = 0
-        self._grip = 0.0
+        self._last: Optional[np.ndarray] = None  # this episode's last action
         self._queue: deque = deque(maxlen=v['command_queue'])
         self._queue_lock = threading.Lock()
         self._last_log = -1e9
         # the env is used from one callback group only: timer, instruction and reset
         self._sim_group = MutuallyExclusiveCallbackGroup()
-        pairs = list(zip(v['cameras'], v['camera_topics']))
         self._image_pubs = {c: self.create_publisher(Image, t, CAMERA_QOS)
                             for c, t in pairs[1:] + pairs[:1]}  # primary last
         self._status_pub = self.create_publisher(String, 'episode_status', STATUS_QOS)
@@ -98,7 +127,9 @@ class SimNode(Node):
         self.create_subscription(String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=self._sim_group)
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._sim_group)
-        self.create_timer(1.0 / v['control_rate'], self._on_tick, callback_group=self._sim_group)
+        self.create_timer(1.0 / cfg.control_hz, self._on_tick, callback_group=self._sim_group)
+        self.get_logger().info(f'{self.suite.name} at {cfg.control_hz:g} Hz, cameras '
+                               f'{dict(pairs)}, actions {list(self.suite.action_names)}')
         if v['instruction']:
             self.start_episode(v['instruction'])
 
@@ -115,7 +146,7 @@ class SimNode(Node):
         self._instruction = instruction
         self._running = True
         self._holds = 0
-        self._grip = 0.0
+        self._last = None
         with self._queue_lock:
             self._queue.clear()
         self.get_logger().info(f'episode {self.env.episode}: {self.env.task.name} (seed {seed})')
@@ -141,8 +172,9 @@ class SimNode(Node):
             now = self.get_clock().now().nanoseconds * 1e-9
             if now - self._last_log > 5.0:
                 self._last_log = now
-                self.get_logger().warning(f'command ignored: expected {self.action_dim} '
-                                          f'finite values, got {list(msg.data)}')
+                self.get_logger().warning(
+                    f'command ignored: expected {self.action_dim} finite values '
+                    f'{list(self.suite.action_names)}, got {list(msg.data)}')
             return
         with self._queue_lock:
             self._queue.append((a, label == HOLD_LABEL))
@@ -153,10 +185,9 @@ class SimNode(Node):
         with self._queue_lock:
             action, hold = self._queue.popleft() if self._queue else (None, True)
         if action is None:  # hold: zero deltas, gripper unchanged
-            action = np.zeros(self.action_dim)
-            action[-1] = self._grip
+            action = self.suite.hold_action(self._last)
         self._holds += int(hold)
-        self._grip = float(np.clip(action[-1], 0.0, 1.0))
+        self._last = action
         obs, done, info = self._env_thread.submit(self.env.step, action).result()
         self._running = not done
         self._publish(obs.images, info)
@@ -179,8 +210,10 @@ class SimNode(Node):
 
     def destroy_node(self) -> None:
         self._running = False
-        self._env_thread.submit(self.env.close).result()
-        self._env_thread.shutdown()
+        if self._env_thread is not None:  # None: the parameters stopped the start
+            self._env_thread.submit(self.env.close).result()
+            self._env_thread.shutdown()
+            self._env_thread = None
         super().destroy_node()
 
 

@@ -14,6 +14,8 @@ the message classes to build (`ChunkTypes`, `CommandTypes`, `ImageTypes`), so th
                                                         episode_status, and the bags' copy)
     RGB -> sensor_msgs Image                            rgb_to_image_msg
     sensor_msgs Image, CompressedImage -> RGB           image_to_rgb, compressed_to_rgb
+
+and the nodes' default image topic of a camera (camera_topic).
 """
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
+
+
+def camera_topic(camera: str) -> str:
+    """The nodes' default image topic (relative) of a camera: 'image' for 'front', else
+    '<camera>/image' ('wrist/image', 'corner/image', 'gripperPOV/image')."""
+    return 'image' if camera == 'front' else f'{camera}/image'
 
 
 def time_to_ns(t: Any) -> int:

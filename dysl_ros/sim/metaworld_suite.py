@@ -41,6 +41,7 @@ from dysl_ros.validation import require  # noqa: E402
 
 ACTION_NAMES = ('dx', 'dy', 'dz', 'gripper')
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+GRIPPER_OPEN = -1.0   # the gripper action of open fingers: held before an episode's first command
 CONTROL_HZ = 80.0   # Meta-World: frame_skip 5 x timestep 2.5 ms
 HORIZON = 500       # Meta-World's max_path_length: step() refuses to go further
 CAMERAS = ('corner', 'corner2', 'corner3', 'corner4', 'topview', 'behindGripper', 'gripperPOV')

@@ -1,16 +1,21 @@
 """The main job: the closed-loop demo over real ROS 2 topics.
 
-The MuJoCo tabletop (sim_node), the DySL policy (policy_node) and the chunk controller
-(controller_node) run as ROS nodes in this process, spun by one MultiThreadedExecutor: the
-same nodes and parameter files as launch/sim_demo.launch.py, without `ros2 launch`. For each
+The simulation (sim_node: the MuJoCo tabletop, or with --suite metaworld-mt10 Meta-World's
+MT10), the DySL policy (policy_node) and the chunk controller (controller_node) run as ROS
+nodes in this process, spun by one MultiThreadedExecutor: the same nodes and parameter files
+as launch/sim_demo.launch.py, without `ros2 launch`. The suite sets the sim's suite and
+cameras (the model's), the policy's cameras and control rate, and the controller's joint
+names, limits, rate and gripper convention (suite_params, a parameters file between
+config/*.yaml and --params-file); a model made for another suite's actions is refused. For each
 task it runs a few episodes and prints one row per episode: success, steps, how many steps the
 robot held for lack of a command, chunks, mean layers run, verifications, chunks the
 controller dropped (too old, too late, ... by reason in --json), frames the policy found
 stale, and latency (policy step and camera to chunk, medians). The nodes log errors only
 (--verbose: everything from info up); on a terminal a progress bar stands below the table.
 
-The model is models/default when it is there; otherwise a freshly built random model (the
-command still works end to end; its success rate is zero). DDS stays on this machine
+The model is models/default (tabletop) when it is there; otherwise, and for another suite
+without --model, a freshly built random model for the suite (the command still works end to
+end; its success rate is zero). DDS stays on this machine
 (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) in ROS_DOMAIN_ID, or a random domain when unset.
 """
 from __future__ import annotations
@@ -24,18 +29,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 from ..export.random_model import build_random_model_apart
-from ..model.io import VLA_JSON
+from ..model.io import VLA_JSON, read_json
 from ..paths import default_model_dir
+from ..runtime.manifest import MANIFEST_NAME
+from ..runtime.messages import camera_topic
+from ..sim.suites import DEFAULT_SUITE, SUITES, Suite, get_suite
 
 DEFAULT_EPISODES = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--suite', choices=list(SUITES), default=DEFAULT_SUITE,
+                        help=f'simulation suite (default {DEFAULT_SUITE}); the model must act '
+                        'in its action names')
     parser.add_argument('--model', metavar='DIR', help='model directory (default: '
-                        'models/default, or a random model while that does not exist)')
+                        'models/default, or a random model while that does not exist or for '
+                        'another suite)')
     parser.add_argument('--backend', default='torch',
                         choices=('torch', 'onnxruntime', 'tensorrt'), help='default torch')
     parser.add_argument('--method', default='dysl', help='dysl (default), full, or a '
@@ -44,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--episodes', type=int, default=DEFAULT_EPISODES,
                         help=f'episodes per task (default {DEFAULT_EPISODES})')
     parser.add_argument('--tasks', nargs='+', metavar='NAME',
-                        help='task names, or any unique part of one (drawer: open_drawer); '
-                        'default: every task')
+                        help='task names of the suite, or any unique part of one (drawer: '
+                        'open_drawer); default: every task')
     parser.add_argument('--max-steps', type=int, default=0,
                         help='episode time limit in steps (default: each task\'s own)')
     parser.add_argument('--mode', default='replace', choices=('replace', 'ensemble'),
@@ -68,34 +81,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'progress bar')
 
 
-def select_tasks(wanted: Optional[list[str]]) -> list:
-    """The tasks named in `wanted` (a name, or a part of exactly one name), in TASKS order;
-    every task when None. ValueError names what matched none or several."""
-    from ..sim import TASKS
-    names = [t.name for t in TASKS]
+def select_tasks(wanted: Optional[list[str]], suite: Optional[Suite] = None) -> list:
+    """The suite's tasks (default the tabletop's) named in `wanted` (a name, or a part of
+    exactly one name), in the suite's order; every task when None. ValueError names what
+    matched none or several."""
+    tasks = (suite or get_suite(DEFAULT_SUITE)).tasks
+    names = [t.name for t in tasks]
     chosen = set()
     for word in wanted or names:
         hits = [n for n in names if n == word] or [n for n in names if word in n]
         if len(hits) != 1:
             raise ValueError(f'--tasks {word!r} matches {hits or "no task"}; known: {names}')
         chosen.add(hits[0])
-    return [t for t in TASKS if t.name in chosen]
+    return [t for t in tasks if t.name in chosen]
+
+
+def model_interface(model: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(action names, cameras) a model directory (vla.json) or an export (manifest.json, in
+    the folder or its onnx/) declares."""
+    for path, key in ((model / VLA_JSON, 'config'), (model / MANIFEST_NAME, 'model'),
+                      (model / 'onnx' / MANIFEST_NAME, 'model')):
+        if path.is_file():
+            d = read_json(path).get(key, {})
+            return tuple(d.get('action_names', ())), tuple(d.get('cameras', ()))
+    raise FileNotFoundError(f'{model}: neither a model directory ({VLA_JSON}) nor an export '
+                            f'({MANIFEST_NAME})')
+
+
+def suite_params(suite: Suite, cameras: tuple[str, ...]) -> dict:
+    """The nodes' parameters for this suite and a model with these cameras (primary first),
+    as a parameters file: the sim renders the model's cameras, the policy reads them and
+    times its chunks at the suite's rate, the controller executes the suite's actions."""
+    def names() -> list[str]:  # a fresh list each time: no YAML anchors and aliases in the file
+        return list(cameras)
+
+    def topics() -> list[str]:
+        return [camera_topic(c) for c in cameras]
+
+    return {
+        '/**/sim_node': {'ros__parameters': {
+            'suite': suite.name, 'cameras': names(), 'camera_topics': topics()}},
+        '/**/policy_node': {'ros__parameters': {
+            'camera_names': names(), 'camera_topics': topics(),
+            'control_rate': suite.control_hz}},
+        '/**/controller_node': {'ros__parameters': suite.controller_params()},
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    tasks = select_tasks(args.tasks)
+    suite = get_suite(args.suite)
+    tasks = select_tasks(args.tasks, suite)
     if min(args.episodes, args.threads, args.execute) < 1:
         print(f'error: --episodes={args.episodes}, --threads={args.threads} and '
               f'--execute={args.execute} must be >= 1')
         return 2
     with tempfile.TemporaryDirectory(prefix='dysl_demo_') as tmp:
         model = Path(args.model) if args.model else default_model_dir()
-        if not args.model and not (model / VLA_JSON).is_file():
-            print(f'note: no trained default model in {model} yet; using a freshly built '
-                  'random model instead (everything runs, nothing succeeds)')
+        if not args.model and (suite.name != DEFAULT_SUITE or not (model / VLA_JSON).is_file()):
+            where = (f'in {model} yet' if suite.name == DEFAULT_SUITE
+                     else f'for {suite.name} (models/default is a tabletop model)')
+            print(f'note: no trained default model {where}; using a freshly built random '
+                  'model instead (everything runs, nothing succeeds)')
             model = build_random_model_apart(Path(tmp) / 'random', seed=args.seed,
-                                             export=args.backend != 'torch')
-        rows = run_demo(model, tasks, args)
+                                             export=args.backend != 'torch',
+                                             cameras=suite.cameras,
+                                             action_names=suite.action_names)
+        actions, cameras = model_interface(model)
+        suite.check_model(actions, str(model))
+        params = Path(tmp) / 'suite.yaml'
+        params.write_text(yaml.safe_dump(suite_params(suite, cameras)))
+        rows = run_demo(model, tasks, args, suite, params, cameras)
     if rows is None:
         return 1
     _print_summary(rows)
@@ -104,8 +159,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[list[dict]]:
-    """Start the three nodes and the driver, run the episodes, return one row per episode."""
+def run_demo(model: Path, tasks: list, args: argparse.Namespace, suite: Optional[Suite] = None,
+             suite_file: Optional[Path] = None, cameras: tuple[str, ...] = ('front', 'wrist')
+             ) -> Optional[list[dict]]:
+    """Start the three nodes and the driver, run the episodes, return one row per episode.
+    suite_file: the suite's parameters (suite_params), applied over config/*.yaml and under
+    --params-file; cameras: the model's."""
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
@@ -115,12 +174,13 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
     from ..nodes.policy_node import PolicyNode
     from ..nodes.sim_node import SimNode
 
+    suite = suite or get_suite(DEFAULT_SUITE)
     files = [config_file('policy.yaml'), config_file('sim.yaml')] + \
-        [Path(f) for f in args.params_file]
+        ([suite_file] if suite_file else []) + [Path(f) for f in args.params_file]
     rows: list[dict] = []
     with LocalLaunch(files, log_level=None if args.verbose else 'error') as launch:
         print(f'ROS 2 on this machine only, domain {launch.env["ROS_DOMAIN_ID"]}; model {model} '
-              f'({args.backend}, {args.method})')
+              f'({args.backend}, {args.method}); suite {suite.name}')
         launch.add(SimNode, parameter_overrides=[
             Parameter('seed', value=args.seed), Parameter('max_steps', value=args.max_steps)])
         policy = launch.add(PolicyNode, parameter_overrides=[
@@ -129,7 +189,8 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
             Parameter('torch_threads', value=args.threads),
             Parameter('ort_threads', value=args.threads),
             Parameter('executed_actions', value=args.execute)])
-        rate = policy.get_parameter('control_rate').value / args.execute
+        rate_hz = policy.get_parameter('control_rate').value
+        rate = rate_hz / args.execute
         policy.set_parameters([Parameter('inference_rate', value=rate)])
         controller = launch.add(ControllerNode, parameter_overrides=[
             Parameter('mode', value=args.mode)])
@@ -140,8 +201,8 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
             return None
         policy.trigger_activate()
         # every topic of the loop matched before the first instruction (none may be lost)
-        topics = ['/instruction', '/image', '/wrist/image', '/action_chunk', '/command',
-                  '/episode_status', '/policy_node/step_stats']
+        topics = ['/instruction', '/action_chunk', '/command', '/episode_status',
+                  '/policy_node/step_stats'] + ['/' + camera_topic(c) for c in cameras]
         wait_for(lambda: driver.instruction_pub.get_subscription_count() >= 3
                  and publishers_matched(launch.nodes, topics), 30.0,
                  'the nodes to discover each other')
@@ -155,7 +216,7 @@ def run_demo(model: Path, tasks: list, args: argparse.Namespace) -> Optional[lis
                 bar.set_postfix_str(task.name)
                 limit = args.max_steps or task.max_steps
                 before = episode_counts(controller, policy)
-                row = driver.run_episode(task.instruction, timeout=limit / 20.0 * 4 + 30.0)
+                row = driver.run_episode(task.instruction, timeout=limit / rate_hz * 4 + 30.0)
                 row.update(count_delta(before, episode_counts(controller, policy)))
                 rows.append(row)
                 tqdm.write(format_row(n, row), file=sys.stdout)
