@@ -9,8 +9,7 @@ from dysl_ros.datasets import Episode
 from dysl_ros.guidance import GuidanceConfig, calibrate_tau
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, VLA, VLAConfig
-from dysl_ros.model.baselines import (DeeR, DeeRConfig, FlexiDepth, FlexiDepthConfig, StaticDepth,
-                                      save_baseline)
+from dysl_ros.model.baselines import DeeR, DeeRConfig, FlexiDepth, StaticDepth, save_baseline
 from dysl_ros.model.io import load_dysl, read_json, save_dysl, save_vla
 from dysl_ros.runtime.methods import METHODS, BaselinePolicy, coin_policy, make_policy
 from dysl_ros.runtime.policy import StepStats
@@ -18,8 +17,7 @@ from dysl_ros.train.baselines import (BaselineTrainConfig, deer_shares, exit_dif
                                       mean_layers_run, random_skip_expected_layers,
                                       save_random_skip, solve_deer_thresholds,
                                       solve_random_skip_q, train_all_baselines,
-                                      train_deer, train_flexidepth, train_static_depth)
-from dysl_ros.train.baselines.flexidepth import solve_threshold
+                                      train_deer, train_static_depth)
 from dysl_ros.train.distill import DistillConfig
 
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
@@ -279,7 +277,6 @@ def test_train_all_gives_the_baselines_dysls_part_sizes_and_records_their_cost(m
     flexi = read_json(d / 'baselines' / 'flexidepth' / 'baseline.json')
     assert deer['config']['adapter_rank'] == rank
     assert (flexi['config']['adapter_rank'], flexi['config']['router_width']) == (rank, width)
-    assert flexi['extra']['train']['target_layers'] == pytest.approx(summary['target_layers'])
 
 
 def test_coin_methods_with_dysls_adapters(tmp_path, model_dir, vla):
@@ -328,22 +325,6 @@ def test_deer_trains_only_its_exit_adapters_and_its_last_exit_is_the_vla(tmp_pat
     save_baseline(deer, tmp_path / 'baselines' / 'deer')
     loaded = make_policy('deer', tmp_path, vla=vla)
     assert np.array_equal(loaded.step(frame, INSTRUCTION)[0], chunk)
-
-
-def test_flexidepth_threshold_is_set_to_the_target_layers(vla):
-    torch.manual_seed(5)
-    xs = [torch.randn(16, TINY.num_tokens, TINY.d_model) for _ in range(2)]
-    fd, info = train_flexidepth(vla, xs, BaselineTrainConfig(steps=0, progress=False),
-                                FlexiDepthConfig(router_width=4, adapter_rank=2), 5.0)
-    with torch.no_grad():  # routers spread out, so the threshold decides
-        for r in fd.routers:
-            r.out.weight.normal_(std=3.0)
-    fd.cfg = FlexiDepthConfig(router_width=4, adapter_rank=2)
-    threshold = solve_threshold(fd, xs, 5.0)
-    assert fd.cfg.threshold == threshold != 0.5
-    layers = [len(fd.infer(x[i:i + 1]).layer_ids) for x in xs for i in range(16)]
-    assert abs(np.mean(layers) - 5.0) <= 0.5
-    assert info['target_layers'] == 5.0 and 0 < info['threshold'] < 1
 
 
 def test_baselines_get_dysls_training_budget(tmp_path):

@@ -14,8 +14,8 @@ Methods (dysl-method.md section 4):
                       as random-skip with DySL's trained adapters (isolates the controllers)
     always-skip       DySL's walk and adapters, every segment skipped at its first dynamic
                       layer, no guidance (isolates controllers + guidance); no training
-    flexidepth        per-layer router + adapter on every layer, no static layers; the
-                      routers' threshold set to DySL's mean layers
+    flexidepth        per-layer router + adapter on every layer, no static layers; its
+                      budget weight alpha chosen on validation seeds to run DySL's layers
     deer              early exits every 2 layers, an adapter per exit under the VLA's head,
                       thresholds eta_i
     static-depth      k fixed layers (lowest s_l), fine-tuned; k matched to DySL's mean layers

@@ -3,18 +3,21 @@
 One module per method, each with a `make(job, name, out_dir)` (named by
 the method registry, runtime.methods.METHODS, and resolved by make.maker):
 
-- random_skip: q solved so that the expected layers run match DySL's mean executed layers.
-- flexidepth: routers + adapters on the frozen backbone, L_task + alpha * (sum_l g_l)^2.
-- deer: the shared exit head trained on every exit; thresholds eta_i solved on demonstration
-  observations so that a target share of steps exits at each stage (shares decay
-  geometrically, as in DeeR, and average to DySL's mean executed layers).
+- random_skip: q solved so that the expected layers run match DySL's mean executed layers
+  (random-skip with identity adapters, random-skip-adapters with DySL's trained ones).
+- flexidepth: routers + adapters (DySL's sizes) on the frozen backbone,
+  L_task + alpha * (sum_l g_l)^2; alpha (--alpha) sets its layers.
+- deer: an adapter per early exit (DySL's rank) under the VLA's frozen head; thresholds eta_i
+  solved on demonstration observations so that a target share of steps exits at each stage
+  (shares decay geometrically, as in DeeR, and average to DySL's mean executed layers).
 - static_depth: keep the k layers with the lowest s_l, fine-tune them and a head with the
   task loss + output distillation from the full model; k = round(DySL's mean layers).
 - ablations: DySL parts distilled jointly (no stage 1), or on a layout with only layer 0
   static; saved with save_dysl under <model_dir>/ablations/<name>/.
 
 common holds the config, the one training loop and the evaluation they share; make runs
-them all; command is the CLI.
+them all, each timed; command is the CLI, which gives every method DySL's training budget
+(steps, batch size, batches per pass: dysl_budget) unless told otherwise.
 
 Inputs are re-iterable batches of embedded hidden states `x` (B, T, C), or pairs
 `(x, actions)` with demonstration chunks (B, H, D) in normalised units. Without actions the

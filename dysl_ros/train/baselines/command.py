@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='stage steps of the DySL ablations (default: DistillConfig)')
     parser.add_argument('--lr', type=float, default=BaselineTrainConfig.lr)
     parser.add_argument('--alpha', type=float, default=BaselineTrainConfig.flexi_alpha,
-                        help="FlexiDepth's layer-budget weight alpha")
+                        help="FlexiDepth's layer-budget weight alpha: choose it on the "
+                             "validation split so that FlexiDepth runs DySL's mean layers")
     parser.add_argument('--target-layers', type=float,
                         help="DySL's mean executed layers (default: measured on the demos)")
     parser.add_argument('--measure-episodes', type=int, default=20,

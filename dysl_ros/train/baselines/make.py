@@ -28,7 +28,7 @@ from .common import BaselineTrainConfig, Job
 
 Maker = Callable[[Job, str, Path], dict[str, Any]]
 # Methods whose makers match DySL's mean executed layers.
-BUDGETED = frozenset({'random-skip', 'random-skip-adapters', 'flexidepth', 'deer',
+BUDGETED = frozenset({'random-skip', 'random-skip-adapters', 'deer',
                       'static-depth'})
 
 
