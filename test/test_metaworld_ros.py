@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from rclpy.parameter import Parameter
-from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray, String
 
 from dysl_ros.bags.bagfile import bag_info
-from dysl_ros.bags.topics import deserialize
 from dysl_ros.cli import main
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
@@ -32,6 +29,7 @@ from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.metaworld_suite import ACTION_NAMES, MetaWorldConfig, MetaWorldEnv, make_expert
 from dysl_ros.sim.splits import SPLITS
 from dysl_ros.sim.suites import get_suite
+from test_bags import one_thread, read_back  # noqa: F401 (one_thread: an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 MT10 = get_suite('metaworld-mt10')
@@ -43,15 +41,6 @@ SEED = SPLITS['validation'].start
 STEPS = 12
 START_NS = 1_700_000_000_000_000_000
 DT_NS = 12_500_000  # 80 Hz
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Exact repeatability needs one thread count; one thread also keeps a busy CPU free."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
@@ -70,14 +59,6 @@ def cli(*argv):
     return main([str(a) for a in argv])
 
 
-def read_back(bag):
-    """topic -> (type, [(log_ns, message)]) through rosbags directly."""
-    out = {}
-    with Reader(bag) as reader:
-        for conn, log_ns, raw in reader.messages():
-            entry = out.setdefault(conn.topic, (conn.msgtype, []))
-            entry[1].append((log_ns, deserialize(raw, conn.msgtype)))
-    return out
 
 
 # ---- the suite's ROS-facing settings ----------------------------------------------------------
