@@ -11,6 +11,7 @@ directories; ONNX Runtime and TensorRT run exports, built from the manifest alon
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
@@ -50,6 +51,26 @@ def source_kind(source: Path | str) -> str:
         return 'model'
     raise FileNotFoundError(f'{path}: neither a model directory ({VLA_JSON}, {DYSL_JSON}) nor '
                             f'an export ({MANIFEST_NAME})')
+
+
+def export_source(source: Path) -> Path:
+    """Where an export is: `source` itself, or <source>/onnx for a model directory with its
+    export inside (and no manifest of its own)."""
+    if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
+            (source / 'onnx' / MANIFEST_NAME).is_file():
+        return source / 'onnx'
+    return source
+
+
+def model_interface(source: Path | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(action names, cameras) a model directory or an export declares, read from its JSON
+    (no weights, no torch)."""
+    path = export_source(Path(source))
+    if source_kind(path) == 'export':
+        manifest = Manifest.load(path)
+        return manifest.action_names, manifest.cameras
+    cfg = json.loads((path / VLA_JSON).read_text())['config']
+    return tuple(cfg['action_names']), tuple(cfg['cameras'])
 
 
 def load_torch_model(directory: Path | str, device: str = 'cpu'
@@ -153,9 +174,7 @@ def open_policy(model_path: Optional[Path | str], backend: str = 'torch',
     if method not in EXPORT_METHODS:
         raise ValueError(f'method={method!r} is invalid for backend {backend}: exports run '
                          f'{list(EXPORT_METHODS)}')
-    if source.is_dir() and not (source / MANIFEST_NAME).is_file() and \
-            (source / 'onnx' / MANIFEST_NAME).is_file():
-        source = source / 'onnx'  # a model directory with its export inside
+    source = export_source(source)
     if backend == 'onnxruntime':
         runner_options: dict[str, Any] = {
             'threads': options.threads,

@@ -33,9 +33,9 @@ import yaml
 from tqdm import tqdm
 
 from ..export.random_model import build_random_model_apart
-from ..model.io import VLA_JSON, read_json
+from ..model.io import VLA_JSON
 from ..paths import default_model_dir
-from ..runtime.manifest import MANIFEST_NAME
+from ..runtime.loading import model_interface
 from ..runtime.messages import camera_topic
 from ..sim.suites import DEFAULT_SUITE, SUITES, Suite, get_suite
 
@@ -94,18 +94,6 @@ def select_tasks(wanted: Optional[list[str]], suite: Optional[Suite] = None) -> 
             raise ValueError(f'--tasks {word!r} matches {hits or "no task"}; known: {names}')
         chosen.add(hits[0])
     return [t for t in tasks if t.name in chosen]
-
-
-def model_interface(model: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(action names, cameras) a model directory (vla.json) or an export (manifest.json, in
-    the folder or its onnx/) declares."""
-    for path, key in ((model / VLA_JSON, 'config'), (model / MANIFEST_NAME, 'model'),
-                      (model / 'onnx' / MANIFEST_NAME, 'model')):
-        if path.is_file():
-            d = read_json(path).get(key, {})
-            return tuple(d.get('action_names', ())), tuple(d.get('cameras', ()))
-    raise FileNotFoundError(f'{model}: neither a model directory ({VLA_JSON}) nor an export '
-                            f'({MANIFEST_NAME})')
 
 
 def suite_params(suite: Suite, cameras: tuple[str, ...]) -> dict:
