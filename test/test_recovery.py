@@ -1,5 +1,6 @@
 """Recovery demonstrations: the expert takes over from states another controller left."""
 import argparse
+import json
 import os
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
@@ -12,7 +13,7 @@ from dysl_ros.export.random_model import build_random_model  # noqa: E402
 from dysl_ros.model import VLAConfig  # noqa: E402
 from dysl_ros.runtime.methods import make_policy  # noqa: E402
 from dysl_ros.sim import SimConfig, TabletopEnv, make_expert  # noqa: E402
-from dysl_ros.sim.demos import add_arguments, generate, run  # noqa: E402
+from dysl_ros.sim.demos import _WORKER, _init_worker, add_arguments, generate, run  # noqa: E402,E501
 from dysl_ros.sim.recovery import run_recovery_episode  # noqa: E402
 from dysl_ros.train.dataset import load_demos  # noqa: E402
 
@@ -140,3 +141,31 @@ def test_gen_demos_refuses_more_open_loop_steps_than_the_chunk(recovery, tmp_pat
                               '--open-loop-steps', str(TINY.chunk_size + 1)])
     assert run(args) == 2
     assert f'expected 1..{TINY.chunk_size}' in capsys.readouterr().err
+
+
+def test_a_skipping_policy_can_drive_recovery_episodes_and_a_bad_method_is_refused(
+        recovery, tmp_path, capsys):
+    model, _ = recovery
+    out = tmp_path / 'dysl'
+    generate(out, episodes_per_task=1, seed=2, workers=1, sim_cfg=SMALL, tasks=('pick_red',),
+             recover_from=model, recover_method='dysl', open_loop_steps=2)
+    assert json.loads((out / 'index.json').read_text())['recover_method'] == 'dysl'
+    ep = next(iter_episodes(out))
+    env = TabletopEnv(SMALL)
+    try:  # the same episode, driven again by DySL (its guidance counts 2 executed actions)
+        policy = make_policy('dysl', model, guidance={'executed_actions': 2})
+        assert policy.guidance.cfg.executed_actions == 2
+        again = run_recovery_episode(env, policy, ep.seed, ep.task, open_loop_steps=2)
+        assert np.array_equal(again['actions'], ep.actions)
+    finally:
+        env.close()
+    for method, skipping in (('dysl', True), ('full', False)):  # what a worker drives with
+        _init_worker('tabletop', SMALL, str(out), str(model), 2, method)
+        assert _WORKER['policy'].skipping is skipping
+        _WORKER['env'].close()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(['--out', str(tmp_path / 'bad'), '--recover-from', str(model),
+                              '--recover-method', 'deepest'])
+    assert run(args) == 2
+    assert "recover_method='deepest' is invalid" in capsys.readouterr().err

@@ -50,16 +50,18 @@ _WORKER: dict = {}
 
 
 def _init_worker(suite: str, sim_cfg, out_dir: str, recover_from: str | None = None,
-                 open_loop_steps: int = OPEN_LOOP_STEPS) -> None:
+                 open_loop_steps: int = OPEN_LOOP_STEPS, recover_method: str = 'full') -> None:
     sim = get_suite(suite)
     env = sim.make_env(sim_cfg)
     multiprocessing.util.Finalize(env, env.close, exitpriority=10)
     policy = None
     if recover_from is not None:
         import torch
-        from dysl_ros.runtime.loading import open_policy
+        from dysl_ros.runtime.loading import PolicyOptions, open_policy
         torch.set_num_threads(1)   # one thread per worker process
-        policy = open_policy(Path(recover_from), 'torch', 'full')
+        # the guidance counts the actions that run before the next inference
+        options = PolicyOptions(guidance={'executed_actions': open_loop_steps})
+        policy = open_policy(Path(recover_from), 'torch', recover_method, options)
     _WORKER.update(env=env, expert=sim.make_expert, out=Path(out_dir), policy=policy,
                    open_loop_steps=open_loop_steps)
 
@@ -105,12 +107,15 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg,
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              workers: int = 1, sim_cfg=None, tasks: tuple[str, ...] | None = None,
              overwrite: bool = False, recover_from: str | os.PathLike | None = None,
-             open_loop_steps: int = OPEN_LOOP_STEPS, suite: str = DEFAULT_SUITE) -> dict:
+             open_loop_steps: int = OPEN_LOOP_STEPS, suite: str = DEFAULT_SUITE,
+             recover_method: str = 'full') -> dict:
     """Write `episodes_per_task` successful expert episodes per task; return a summary.
 
     With recover_from (a model folder), each episode is a recovery demonstration: the model
     drives until near contact, executing `open_loop_steps` actions of each chunk, then the
-    expert takes over (sim/recovery.py).
+    expert takes over (sim/recovery.py). recover_method names how the model drives
+    (runtime.methods, default full depth; 'dysl' gathers the states a skipping policy
+    visits, for distillation).
 
     Failed expert episodes are dropped, counted and replaced by new seeds (at most
     2 * episodes_per_task + 10 attempts per task). workers > 1 uses spawned processes, each
@@ -124,6 +129,10 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     _check_args(episodes_per_task, workers, seed, sim_cfg, tasks, sim, recover_from)
     if recover_from is not None:   # a bad model folder fails here, once, naming the file
         from dysl_ros.model.io import load_vla
+        from dysl_ros.runtime.methods import METHODS
+        if recover_method not in METHODS:
+            raise ValueError(f'recover_method={recover_method!r} is invalid: expected one of '
+                             f'{sorted(METHODS)}')
         chunk = load_vla(Path(recover_from)).cfg.chunk_size
         if not 1 <= open_loop_steps <= chunk:
             raise ValueError(f'open_loop_steps={open_loop_steps} is invalid: expected 1..{chunk}'
@@ -140,9 +149,10 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     if workers > 1:
         ctx = multiprocessing.get_context('spawn')
         pool = ctx.Pool(workers, initializer=_init_worker,
-                        initargs=(suite, sim_cfg, str(out), recover_from, open_loop_steps))
+                        initargs=(suite, sim_cfg, str(out), recover_from, open_loop_steps,
+                                  recover_method))
     else:
-        _init_worker(suite, sim_cfg, str(out), recover_from, open_loop_steps)
+        _init_worker(suite, sim_cfg, str(out), recover_from, open_loop_steps, recover_method)
     bar = tqdm(total=0, desc='demos', unit='ep')
     try:
         while True:
@@ -195,6 +205,7 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
              'control_hz': sim_cfg.control_hz, 'seed': seed,
              'sim_config': dataclasses.asdict(sim_cfg),
              'recover_from': None if recover_from is None else str(recover_from),
+             'recover_method': None if recover_from is None else recover_method,
              'open_loop_steps': None if recover_from is None else open_loop_steps,
              'episodes': episodes,
              'per_task': per_task}
@@ -230,6 +241,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--recover-from', metavar='MODEL', default=None,
                         help='record recovery demos: this model drives until near contact, '
                              'then the expert takes over (only its part is kept)')
+    parser.add_argument('--recover-method', default='full', metavar='METHOD',
+                        help='with --recover-from: how the model drives (default full depth; '
+                             "dysl: the states a skipping policy visits, for distillation)")
     parser.add_argument('--open-loop-steps', type=int, default=OPEN_LOOP_STEPS,
                         help='with --recover-from: actions of each chunk the model executes '
                              'before its next inference')
@@ -251,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
         summary = generate(args.out, args.episodes_per_task, seed=args.seed,
                            workers=args.workers, sim_cfg=cfg, tasks=tasks,
                            overwrite=args.overwrite, recover_from=args.recover_from,
-                           open_loop_steps=args.open_loop_steps, suite=args.suite)
+                           open_loop_steps=args.open_loop_steps, suite=args.suite,
+                           recover_method=args.recover_method)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2

@@ -330,7 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d, m = DistillConfig(), DySLConfig()
     parser.add_argument('--model-dir', required=True, type=Path,
                         help='trained model folder (vla.json, calibration.json)')
-    parser.add_argument('--demos', required=True, type=Path, help='demo folder (gen-demos)')
+    parser.add_argument('--demos', required=True, type=Path, nargs='+',
+                        help='demo folders (gen-demos; the first sets the action statistics)')
     parser.add_argument('--out', type=Path, default=None,
                         help='where dysl.json / dysl.safetensors go (default: --model-dir)')
     parser.add_argument('--stage1-steps', type=int, default=d.stage1_steps)
@@ -391,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
               'trainable_parameters': dysl.num_trainable(),
               'parts_fraction': dysl.parts_fraction()}
     write_json(out / DISTILL_JSON, {**hist, **budget, 'model_dir': str(model_dir),
-                                    'demos': str(args.demos), 'layout': layout.to_dict(),
+                                    'demos': [str(d) for d in args.demos], 'layout': layout.to_dict(),
                                     'dysl_config': dysl_cfg.to_dict()})
     print(summarise(hist))
     print(f'DySL parts: {budget["trainable_parameters"]:,} parameters, '

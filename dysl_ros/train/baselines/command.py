@@ -18,8 +18,8 @@ from .make import train_all_baselines
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model-dir', required=True, type=Path,
                         help='holds vla.json (+ dysl.json); parts are written below it')
-    parser.add_argument('--demos', required=True, type=Path,
-                        help='demonstration folder (python -m dysl_ros gen-demos)')
+    parser.add_argument('--demos', required=True, type=Path, nargs='+',
+                        help='demonstration folders (python -m dysl_ros gen-demos)')
     parser.add_argument('--methods', nargs='+', default=list(TRAINABLE), choices=TRAINABLE,
                         help='what to make (default: all)')
     parser.add_argument('--steps', type=int,
