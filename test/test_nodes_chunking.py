@@ -223,6 +223,110 @@ def test_switch_jump_in_ensemble_mode_bounds_a_joining_chunk():
     assert ex.stats.switch_ticks == 1 and ex.stats.limited_switches == 1
 
 
+def run_prefix(first_len=8, second_len=8, blend=3):
+    """first (dx 0.000..., gripper 1) for two ticks, then second (dx 0.010..., gripper 0)
+    takes over at 10.1 in prefix mode: the executor, both chunks and the next commands."""
+    ex = ChunkExecutor(ChunkExecutorConfig(mode='prefix', blend_actions=blend))
+    first, second = chunk(first_len, 0.0, gripper=1.0), chunk(second_len, 0.01, gripper=0.0)
+    ex.add(10.0, NAMES, first, now=10.0)
+    ex.tick(10.0)
+    ex.tick(10.05)
+    assert ex.add(10.1, NAMES, second, now=10.1) is None
+    ticks = [ex.tick(10.1 + k * DT) + (ex.last_tick,) for k in range(6)]
+    return ex, first, second, ticks
+
+
+def test_prefix_ramps_the_new_chunk_in_with_exact_weights():
+    assert ChunkExecutorConfig().blend_actions == 4
+    ex, first, second, ticks = run_prefix(blend=3)
+    for k, w in enumerate([0.25, 0.5, 0.75]):  # (k + 1) / (3 + 1); the old chunk advances
+        np.testing.assert_allclose(ticks[k][0], (1 - w) * first[2 + k] + w * second[k])
+        assert ticks[k][0][6] == pytest.approx(1 - w)  # gripper 1 -> 0 in steps
+    for k in (3, 4, 5):  # the blend is over: the new chunk alone
+        np.testing.assert_allclose(ticks[k][0], second[k])
+    assert [t[2].switch for t in ticks] == [True] + [False] * 5
+    assert ex.stats.switch_ticks == 1 and ex.stats.hold_ticks == 0
+
+
+def test_prefix_old_chunk_running_out_mid_blend_leaves_the_new_one_alone():
+    ex, first, second, ticks = run_prefix(first_len=3, blend=4)
+    np.testing.assert_allclose(ticks[0][0], 0.8 * first[2] + 0.2 * second[0])
+    for k in range(1, 6):  # first had no action left after first[2]
+        np.testing.assert_allclose(ticks[k][0], second[k])
+    assert ex.stats.switch_ticks == 1
+
+
+def test_prefix_new_chunk_running_out_mid_blend_does_not_bring_the_old_one_back():
+    ex, first, second, ticks = run_prefix(second_len=2, blend=4)
+    np.testing.assert_allclose(ticks[1][0], 0.6 * first[3] + 0.4 * second[1])
+    assert [t[1] for t in ticks] == [False, False, True, True, True, True]
+    assert not ex.busy
+
+
+def test_prefix_with_one_chunk_or_after_a_hold_is_replace():
+    ex = ChunkExecutor(ChunkExecutorConfig(mode='prefix'))
+    a, b = chunk(2), chunk(4, 0.01)
+    ex.add(10.0, NAMES, a, now=10.0)
+    assert [ex.tick(10.0 + k * DT)[1] for k in range(3)] == [False, False, True]
+    ex.add(10.15, NAMES, b, now=10.15)
+    np.testing.assert_allclose(ex.tick(10.15)[0], b[0])  # nothing left to blend from
+
+
+@pytest.mark.parametrize('mode', ['replace', 'ensemble', 'prefix'])
+def test_a_late_chunk_never_replays_its_elapsed_actions(mode):
+    ex = ChunkExecutor(ChunkExecutorConfig(mode=mode, ensemble_decay=0.0, blend_actions=2))
+    first, second = chunk(8, 0.0), chunk(8, 0.01)
+    ex.add(10.0, NAMES, first, now=10.0)
+    for k in range(4):
+        ex.tick(10.0 + k * DT)  # first[0..3]
+    ex.add(10.05, NAMES, second, now=10.2)  # 3 periods late: second[0..2] are in the past
+    ticks = []
+    while not ticks or not ticks[-1][1]:
+        ticks.append(ex.tick(10.2 + len(ticks) * DT))
+    commands = [c for c, hold in ticks if not hold]
+    assert len(commands) == 5  # second[3..7], once each
+    second_part, old_weight = {'replace': (1.0, 0.0), 'ensemble': (0.5, 0.5),
+                               'prefix': (1 / 3, 2 / 3)}[mode]
+    np.testing.assert_allclose(commands[0], old_weight * first[4] + second_part * second[3])
+    np.testing.assert_allclose(commands[-1], second[7])
+    if mode != 'ensemble':  # ensemble: first[4..7] vote alongside second[3..6]
+        np.testing.assert_allclose(commands[-3:], second[5:])  # prefix: after its blend
+
+
+def test_chunk_age_per_tick_and_in_the_stats():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    assert ex.last_tick is None
+    ex.add(10.0, NAMES, chunk(2), now=10.03)
+    ex.tick(10.03)
+    assert ex.last_tick.chunk_age == pytest.approx(0.03)
+    assert not ex.last_tick.hold and not ex.last_tick.switch
+    ex.tick(10.08)
+    assert ex.last_tick.chunk_age == pytest.approx(0.08)
+    ex.tick(10.13)
+    assert ex.last_tick.hold and ex.last_tick.chunk_age is None
+    np.testing.assert_allclose(ex.stats.chunk_age_ms, [30.0, 80.0])  # holds add nothing
+    voting = ChunkExecutor(ChunkExecutorConfig(mode='ensemble', ensemble_decay=1.0))
+    voting.add(10.0, NAMES, chunk(8), now=10.0)
+    voting.tick(10.0)
+    voting.add(10.05, NAMES, chunk(8, 0.01), now=10.06)
+    voting.tick(10.1)  # ages 0.1 (oldest, weight 1) and 0.05 (weight e^-1)
+    w = np.array([1.0, np.exp(-1.0)])
+    assert voting.last_tick.chunk_age == pytest.approx((w @ [0.1, 0.05]) / w.sum())
+    assert voting.last_tick.switch
+    ex, _, _, ticks = run_prefix(blend=3)  # prefix: the new chunk's age, blend or not
+    assert [t[2].chunk_age for t in ticks] == pytest.approx([k * DT for k in range(6)])
+
+
+def test_chunk_ages_kept_are_bounded():
+    ex = ChunkExecutor(ChunkExecutorConfig())
+    for start in (0.0, 30.0, 60.0):  # 1500 ticks in all
+        ex.add(start, NAMES, chunk(500), now=start)
+        for k in range(500):
+            ex.tick(start + k * DT)
+    assert len(ex.stats.chunk_age_ms) == 1000  # the latest
+    assert ex.stats.chunk_age_ms[-1] == pytest.approx(499 * DT * 1e3)
+
+
 @pytest.mark.parametrize('value', [(0.1,) * 6, (0.1,) * 6 + (-0.1,), (0.1,) * 6 + (np.inf,),
                                    (0.1,) * 6 + (np.nan,)])
 def test_switch_jump_refuses_bad_values(value):
@@ -232,7 +336,8 @@ def test_switch_jump_refuses_bad_values(value):
 
 @pytest.mark.parametrize('field,value', [('mode', 'blend'), ('control_rate', 0.0),
                                          ('lower_limits', (0.0,)), ('absolute_joints', ('x',)),
-                                         ('joint_names', ('a', 'a'))])
+                                         ('joint_names', ('a', 'a')), ('blend_actions', 0),
+                                         ('blend_actions', 2.0)])
 def test_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field):
         ChunkExecutorConfig(**{field: value})

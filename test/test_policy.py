@@ -155,3 +155,33 @@ def test_a_latency_budget_skips_more_only_outside_protected_steps(model):
         assert stats.threshold == spec.skip_threshold
         assert stats.layer_ids == base.layer_ids and stats.skipped_at == base.skipped_at
     assert budgeted.budget.shift > shift
+
+
+def test_an_executed_window_gives_the_guidance_those_actions_of_each_chunk(model):
+    """step(executed=(start, stop)): the guidance's history takes the chunk's actions
+    start..stop-1 (those the controller runs when it drops the first ones as past and the next
+    chunk takes over at stop), at most executed_actions of them; None, the default, is the
+    chunk's first ones, bit for bit; a window past the end keeps the last action."""
+    vla, dysl = model
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    cfg = GuidanceConfig(executed_actions=3, history=8)  # 3 chunks x 3 actions fill K + 1
+    default, whole, shifted, late = (GuidedPolicy(TorchRunner(vla, dysl), spec, cfg)
+                                     for _ in range(4))
+    windows = {shifted: (2, 4), late: (100, 103)}
+    pushed = {shifted: [], late: []}
+    for images in _observations(4, seed=7):
+        default.step(images, 'open the drawer')
+        whole.step(images, 'open the drawer', executed=(0, 3))
+        for policy, (start, stop) in windows.items():
+            chunk, _ = policy.step(images, 'open the drawer', executed=(start, stop))
+            normalised = (chunk - spec.action_mean) / spec.action_std  # (H, D)
+            pushed[policy].append(normalised[start:stop] if start < len(chunk)
+                                  else normalised[-1:])
+    for k, v in default.guidance.state_dict().items():
+        np.testing.assert_array_equal(whole.guidance.state_dict()[k], v)
+    for policy in (shifted, late):
+        buffer = policy.guidance.state_dict()['buffer']  # the last K + 1 actions pushed
+        np.testing.assert_allclose(buffer, np.concatenate(pushed[policy])[-len(buffer):],
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match='executed'):
+        shifted.step(images, 'open the drawer', executed=(3, 3))

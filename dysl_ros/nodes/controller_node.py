@@ -10,19 +10,23 @@ Topics (relative names):
                                joint_names order, clipped to [lower_limits, upper_limits];
                                layout.dim[0].label is 'action', or 'hold' for a hold
                 /diagnostics   diagnostic_msgs/DiagnosticArray at diagnostics_rate
+                ~/tick_stats   std_msgs/String (STATUS_QOS), only with tick_stats: one JSON
+                               object per tick, {"time": clock seconds, "hold", "switch",
+                               "chunk_age_ms" (null on a hold), "command": the published list}
     services    ~/reset        std_srvs/Trigger: a new episode
 
-How chunks are scheduled, blended (mode: replace or ensemble), dropped (negative or future
-stamps, older than max_chunk_age, from a previous episode, wrong names or sizes, too many
-points, uneven time_from_start, non-finite), held and bounded at a switch between chunks
-(max_switch_jump) is dysl_ros.runtime.chunking.ChunkExecutor;
-this node only moves messages. Every drop is counted by reason in /diagnostics and logged
-(throttled); no message can stop the node. A hold is zero for
-every delta joint and the last command for absolute joints (the gripper); the node publishes
-a command every tick, hold or not.
+How chunks are scheduled, blended (mode: replace; ensemble; prefix: as replace, with a new
+chunk ramped in over blend_actions ticks), dropped (negative or future stamps, older than
+max_chunk_age, from a previous episode, wrong names or sizes, too many points, uneven
+time_from_start, non-finite), held and bounded at a switch between chunks (max_switch_jump)
+is dysl_ros.runtime.chunking.ChunkExecutor; this node only moves messages. Every drop is
+counted by reason in /diagnostics and logged (throttled); no message can stop the node. A
+hold is zero for every delta joint and the last command for absolute joints (the gripper);
+the node publishes a command every tick, hold or not.
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 from typing import Any, Optional, Sequence
@@ -64,10 +68,14 @@ PARAMS = (
     Param('joint_names', list(_DEFAULT.joint_names), 'action names in command order; chunks '
           'must carry exactly these names', read_only=True),
     Param('mode', 'replace', 'replace: the newest chunk replaces the one in progress; '
-          'ensemble: temporal ensembling of every chunk covering the tick', choices=MODES,
+          'ensemble: temporal ensembling of every chunk covering the tick; prefix: as replace, '
+          'with the new chunk blended in over blend_actions ticks', choices=MODES,
           read_only=True),
     Param('ensemble_decay', 0.01, 'm of the ensembling weight exp(-m * i), i = 0 for the '
           'oldest chunk', 0.0, 10.0, read_only=True),
+    Param('blend_actions', _DEFAULT.blend_actions, 'prefix mode: a new chunk\'s first ticks '
+          'command (1 - w) * old + w * new, w = (k + 1) / (blend_actions + 1) on its k-th tick',
+          1, 1000, read_only=True),
     Param('max_chunk_age', 0.5, 'seconds; a chunk whose observation is older on arrival is '
           'dropped', 0.001, 60.0, read_only=True),
     Param('lower_limits', list(_DEFAULT.lower_limits), 'per joint lower clip of every command',
@@ -91,6 +99,8 @@ PARAMS = (
           'limits; empty: off; else one value >= 0 per joint of joint_names',
           read_only=True, check=_switch_jump_problem, dynamic_typing=True),
     Param('diagnostics_rate', 1.0, 'Hz of /diagnostics', 0.01, 100.0, read_only=True),
+    Param('tick_stats', False, 'publish one JSON object per tick on ~/tick_stats (time, hold, '
+          'switch, chunk_age_ms, command) for benchmarks', read_only=True),
 )
 
 
@@ -99,6 +109,7 @@ def executor_config(values: dict) -> ChunkExecutorConfig:
     return ChunkExecutorConfig(
         joint_names=values['joint_names'], control_rate=values['control_rate'],
         mode=values['mode'], ensemble_decay=values['ensemble_decay'],
+        blend_actions=values['blend_actions'],
         max_chunk_age=values['max_chunk_age'], lower_limits=values['lower_limits'],
         upper_limits=values['upper_limits'], absolute_joints=values['absolute_joints'],
         initial_absolute=values['initial_absolute'],
@@ -127,6 +138,8 @@ class ControllerNode(Node):
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._input_group)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', STATUS_QOS)
         self.create_timer(1.0 / values['diagnostics_rate'], self._publish_diagnostics)
+        self._tick_pub = self.create_publisher(String, '~/tick_stats', STATUS_QOS) \
+            if values['tick_stats'] else None
         self.commands = 0
         self._timer = self.create_timer(self.cfg.dt, self._on_tick,
                                         callback_group=self._tick_group)
@@ -172,9 +185,16 @@ class ControllerNode(Node):
 
     def _on_tick(self) -> None:
         with self._lock:
-            command, hold = self.chunks.tick(self._now())
+            now = self._now()
+            command, hold = self.chunks.tick(now)
+            tick = self.chunks.last_tick
         self._pub.publish(command_to_msg(command, hold, _COMMAND_TYPES))
         self.commands += 1
+        if self._tick_pub is not None:
+            age = None if tick.chunk_age is None else tick.chunk_age * 1e3
+            self._tick_pub.publish(String(data=json.dumps(
+                {'time': now, 'hold': tick.hold, 'switch': tick.switch, 'chunk_age_ms': age,
+                 'command': command.tolist()})))
 
     def _log_drop(self, reason: str, text: str) -> None:
         now = self._now()
@@ -190,7 +210,9 @@ class ControllerNode(Node):
                       'limited_switches': s.limited_switches, 'chunks_received': s.received,
                       'chunks_accepted': s.accepted, 'busy': self.chunks.busy,
                       'arrival_delay_ms_p50': percentile(s.arrival_delay_ms[-100:], 50),
-                      'arrival_delay_ms_p90': percentile(s.arrival_delay_ms[-100:], 90)}
+                      'arrival_delay_ms_p90': percentile(s.arrival_delay_ms[-100:], 90),
+                      'chunk_age_ms_p50': percentile(s.chunk_age_ms, 50),
+                      'chunk_age_ms_p95': percentile(s.chunk_age_ms, 95)}
             values.update({f'dropped_{k}': v for k, v in s.dropped.items()})
         dropped = sum(s.dropped.values())
         level = DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK

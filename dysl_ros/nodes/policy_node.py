@@ -13,8 +13,10 @@ Topics (relative names; remap freely):
                                    action names, point i = action i, time_from_start = i * dt
                 ~/step_stats       std_msgs/String, one JSON object per chunk (provenance:
                                    stamp, episode, layers run, skipped at, verified, latency;
-                                   with latency_budget_ms: threshold and budget figures;
-                                   with shadow_every: shadow check figures)
+                                   schedule, due_lag_ms: how late the step started against its
+                                   due time; with prefix_history: executed_window; with
+                                   latency_budget_ms: threshold and budget figures; with
+                                   shadow_every: shadow check figures)
                 /diagnostics       diagnostic_msgs/DiagnosticArray at diagnostics_rate
     services    ~/reset            std_srvs/Trigger: start a new episode
 
@@ -23,13 +25,23 @@ the subscriptions and publishing; deactivate stops them and publishes an empty c
 points), which tells the controller to hold; cleanup frees the model.
 
 When it infers (the policy decides how many actions of each chunk run, the controller only
-executes): with inference_rate = 0 (default) it infers as soon as a new primary-camera frame
-is there and the previous step has finished, so the newest chunk is always from the newest
-frame and a slow step never queues frames; with inference_rate > 0 it infers at that rate
-from the newest frame, if a new one arrived. Camera callbacks only convert and store the
-latest frame, then wake the model thread: the model lives on one dedicated thread from load
-to free (CUDA / TensorRT contexts belong to the thread that made them), which steps and
-publishes, so no executor round trip sits between a frame and its chunk.
+executes), per the schedule parameter (dysl_ros.runtime.schedule.InferenceSchedule): 'frame'
+(default): with inference_rate = 0 it infers as soon as a new primary-camera frame is there
+and the previous step has finished, so the newest chunk is always from the newest frame and
+a slow step never queues frames; with inference_rate > 0 it infers at that rate from the
+newest frame, if a new one arrived. 'sync': the chunk holds its first executed_actions
+actions only, and the next step is due executed_actions control periods after it is
+published, on a frame stamped then or later. 'async': the next step is due at the chunk's
+stamp + executed_actions periods - the camera-to-chunk p95 - schedule_margin, on the newest
+frame, so that its chunk lands before the current one's executed actions run out; with
+prefix_history the guidance's history takes each chunk's actions from floor(p95 / dt) to
+where the next chunk is expected to take over (those the controller runs). An episode's
+first step is due at once. extra_latency_ms sleeps in every step before publishing
+(benchmarks: a slower model), counted in policy_ms and camera_to_chunk_ms. Camera callbacks
+only convert and store the latest frame, then wake the model thread: the model lives on one
+dedicated thread from load to free (CUDA / TensorRT contexts belong to the thread that made
+them), which steps and publishes, so no executor round trip sits between a frame and its
+chunk.
 
 Episodes: every instruction message and every ~/reset call starts a new episode: the action
 history (continuity ring buffer) is cleared before the next step, and frames and stamps
@@ -72,6 +84,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ..runtime.frames import FrameGate, Rejected
 from ..runtime.messages import ChunkTypes, ImageConversionError, chunk_to_msg, time_to_ns
 from ..runtime.policy import NonFiniteOutput
+from ..runtime.schedule import InferenceSchedule
 from ..runtime.session import PolicySession, Waiting, policy_vocabulary, step_stats
 from ..runtime.stats import PolicyStats, StepRecord
 from .image_conversion import msg_to_rgb
@@ -95,6 +108,8 @@ class PolicyNode(LifecycleNode):
         self.policy: Any = None
         self.stats = PolicyStats(int(self._values['stats_window']))
         self.session: Optional[PolicySession] = None  # from the first configure on
+        self.schedule: Optional[InferenceSchedule] = None  # from the first configure on
+        self._prefix = False  # pass the schedule's executed window to the policy's steps
         self._seq = 0
         self._error_text = ''
         self._last_log: dict[str, float] = {}
@@ -122,6 +137,7 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.cfg = PolicyNodeConfig(**read_params(self, PARAMS))
+            self.schedule = self.cfg.inference_schedule()
             self._model_thread = ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix='policy_model')
             self.policy = self._model_thread.submit(configure_policy, self.cfg,
@@ -144,12 +160,16 @@ class PolicyNode(LifecycleNode):
                       cfg.max_camera_skew),
             cfg.max_instruction_length, policy_vocabulary(self.policy), cfg.instruction,
             episode=self.session.episode + 1 if self.session else 1)
+        self._prefix = cfg.prefix_history and hasattr(self.policy, 'guidance')
+        if cfg.prefix_history and not self._prefix:
+            self.get_logger().info(f'prefix_history: method {cfg.method} has no guidance '
+                                   'history; ignored')
         spec = self.policy.spec
         self.get_logger().info(
             f'configured: {self.cfg.backend} backend, method {self.cfg.method}, model '
             f'{self.cfg.model_dir}, cameras '
             f'{dict(zip(self.cfg.camera_names, self.cfg.subscribed_topics))}, '
-            f'chunk {spec.chunk_size} x {list(spec.action_names)}')
+            f'chunk {spec.chunk_size} x {list(spec.action_names)}, schedule {cfg.schedule}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -162,6 +182,7 @@ class PolicyNode(LifecycleNode):
             String, 'instruction', self._on_instruction, INSTRUCTION_QOS,
             callback_group=self._input_group))
         self.session.start()
+        self.schedule.reset()
         self._stopping = False
         self._wake.clear()
         self._serving = self._model_thread.submit(self._serve)
@@ -249,7 +270,9 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction(self, msg: String) -> None:
         try:
-            unknown = self.session.set_instruction(msg.data)
+            with self.session.lock:  # no chunk of the old episode may time the new one
+                unknown = self.session.set_instruction(msg.data)
+                self.schedule.reset()
         except Rejected as e:
             self._complain(e.kind, str(e))
             return
@@ -261,7 +284,9 @@ class PolicyNode(LifecycleNode):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response
                   ) -> Trigger.Response:
-        episode = self.session.new_episode()
+        with self.session.lock:
+            episode = self.session.new_episode()
+            self.schedule.reset()
         self.stats.new_episode()
         response.success = True
         response.message = f'episode {episode} started: action history cleared'
@@ -283,9 +308,13 @@ class PolicyNode(LifecycleNode):
                 self._complain('inference', f'step failed: {type(e).__name__}: {e}')
 
     def _infer(self) -> Optional[float]:
-        """One step if the frames are there; returns seconds until a step that waits for a
-        lagging camera goes ahead without it (None: nothing pending)."""
+        """One step if it is due and the frames are there; returns seconds until the step is
+        due or a step that waits for a lagging camera goes ahead without it (None: nothing
+        pending)."""
         now = self._now_ns()
+        wait = self.schedule.wait_s(now)
+        if wait > 0:
+            return wait + 1e-4
         try:
             step_in = self.session.next_step(now)
         except Rejected as e:
@@ -301,10 +330,15 @@ class PolicyNode(LifecycleNode):
         stamp, episode = primary.stamp_ns, step_in.episode
         if step_in.new_episode:
             self.policy.reset()
+        if not self.schedule.accepts(stamp):  # sync: the frame predates the due time
+            return None
+        due = self.schedule.due_ns
+        # prefix_history: the guidance sees the chunk's actions expected to run
+        window = {'executed': self.schedule.executed_window} if self._prefix else {}
         start = self._now_ns()
         t0 = time.perf_counter()
         try:
-            chunk, step = self.policy.step(step_in.images, step_in.instruction)
+            chunk, step = self.policy.step(step_in.images, step_in.instruction, **window)
         except NonFiniteOutput:
             self.session.restart_history()
             self._complain('non_finite', 'non-finite values in the model output: no chunk, '
@@ -313,13 +347,19 @@ class PolicyNode(LifecycleNode):
         except Exception as e:  # the node survives a failing step and says why
             self._complain('inference', f'policy step failed: {type(e).__name__}: {e}')
             return None
+        if self.cfg.extra_latency_ms:  # stands in for a bigger model or a slower computer
+            time.sleep(self.cfg.extra_latency_ms * 1e-3)
         policy_ms = (time.perf_counter() - t0) * 1e3
+        if self.cfg.schedule == 'sync':  # the robot runs these, then waits for the next
+            chunk = chunk[:self.cfg.executed_actions]
         msg = self._chunk_msg(stamp, chunk)
         with self.session.lock:
             if not self.session.current(episode):
                 return None  # deactivated or a new episode began during the step
             self._chunk_pub.publish(msg)
-            c2c_ms = (self._now_ns() - stamp) * 1e-6
+            published = self._now_ns()
+            self.schedule.published(stamp, published)
+            c2c_ms = (published - stamp) * 1e-6
             self._seq += 1
             seq = self._seq
         shadow = getattr(self.policy, 'shadow', None)  # a ShadowCheck, or None (off)
@@ -329,9 +369,13 @@ class PolicyNode(LifecycleNode):
             episode=episode, layers_run=step.layers_run, layers_guided=len(step.layer_ids),
             layers_total=step.layers_total, verified=bool(step.verified), policy_ms=policy_ms,
             camera_to_chunk_ms=c2c_ms))
-        self._stats_pub.publish(String(data=step_stats(
-            seq, episode, primary, step, start, policy_ms, c2c_ms,
-            getattr(self.policy, 'budget', None), shadow).to_json()))
+        info = step_stats(seq, episode, primary, step, start, policy_ms, c2c_ms,
+                          getattr(self.policy, 'budget', None), shadow)
+        # due_lag_ms: how late the step started against its due time (None: due at once)
+        info.extra.update(schedule=self.cfg.schedule,
+                          due_lag_ms=None if due is None else (start - due) * 1e-6,
+                          **{'executed_window': list(w) for w in window.values()})
+        self._stats_pub.publish(String(data=info.to_json()))
         return None
 
     def _shadow_pass(self, shadow: Any) -> None:
@@ -420,6 +464,8 @@ class PolicyNode(LifecycleNode):
             shadow.last_drift > shadow.drift_threshold
         if shadow is not None:
             figures = {**figures, **shadow.report()}
+        if self.schedule is not None:
+            figures = {**figures, **self.schedule.report()}
         session = self.session
         active, episode = (session.active, session.episode) if session else (False, 0)
         if self._error_text:

@@ -17,6 +17,7 @@ from ..runtime.budget import LatencyBudget
 from ..runtime.engine_build import PRECISIONS
 from ..runtime.loading import BACKENDS, EXPORT_METHODS, PolicyOptions, open_policy
 from ..runtime.messages import ImageConversionError
+from ..runtime.schedule import MODES as SCHEDULES, InferenceSchedule
 from ..runtime.shadow import ShadowCheck
 from .params import Param
 from .qos import CAMERA_QOS, SENSOR_QOS
@@ -65,7 +66,7 @@ PARAMS = (
     Param('warmup_steps', 3, 'policy steps run on blank frames at configure', 0, 100),
     Param('executed_actions', 1, 'actions of each chunk the robot executes before the next '
           'chunk replaces it; only those enter the continuity history (0: the model\'s stored '
-          'setting)', 0, 1000),
+          'setting); schedules sync and async time the next step by them', 0, 1000),
     Param('camera_names', ['front', 'wrist'], 'model camera names, in the order of '
           'camera_topics; must be the model\'s cameras; the first is the primary camera whose '
           'frames trigger inference and stamp the chunks'),
@@ -86,8 +87,29 @@ PARAMS = (
           'cameras\' frames of its moment, then steps on the newest it has', 0.0, 1.0),
     Param('max_future_stamp', 0.25, 'seconds; a frame stamped further ahead of this node\'s '
           'clock is refused (its sender\'s clock is wrong)', 0.0, 60.0),
-    Param('inference_rate', 0.0, 'Hz; 0 infers on every new primary frame once the previous '
-          'step finished, > 0 infers at this rate from the newest frame', 0.0, 1000.0),
+    Param('inference_rate', 0.0, 'Hz (schedule frame); 0 infers on every new primary frame '
+          'once the previous step finished, > 0 infers at this rate from the newest frame',
+          0.0, 1000.0),
+    Param('schedule', 'frame', 'when to infer. frame: on new frames as inference_rate says; '
+          'sync: the robot waits for each chunk, which holds its first executed_actions actions '
+          'only, and the next step is due executed_actions control periods after a chunk is '
+          'published, on a frame stamped then or later; async: the '
+          'next step runs while the chunk executes, due at its observation stamp + '
+          'executed_actions periods - the camera-to-chunk p95 (last stats_window chunks) - '
+          'schedule_margin, on the newest frame. sync and async need executed_actions >= 1 '
+          'and inference_rate 0; every episode\'s first step is due at once',
+          choices=SCHEDULES),
+    Param('schedule_margin', 0.05, 'seconds (schedule async): how long before the current '
+          'chunk\'s executed_actions run out the next chunk should land, beyond the latency '
+          'p95; about one control period absorbs the jitter', 0.0, 10.0),
+    Param('prefix_history', False, 'schedule async: the continuity history takes from each '
+          'chunk the actions the controller runs, from index floor(p95 / dt) (the ones '
+          'elapsed during the step are dropped) to ceil((executed_actions * dt - '
+          'schedule_margin) / dt) (where the next chunk takes over), instead of the first '
+          'executed_actions; methods without guidance ignore it'),
+    Param('extra_latency_ms', 0.0, 'ms slept by every step before its chunk is published, '
+          'counted in the latencies reported: a benchmarking knob that stands in for a '
+          'bigger model or a slower computer (0: off)', 0.0, 60000.0),
     Param('control_rate', 20.0, 'Hz of the actions in a chunk: time_from_start of point i is '
           'i / control_rate', 0.1, 1000.0),
     Param('latency_budget_ms', 0.0, 'ms; 0 = off. The policy step p95 to hold: while steps '
@@ -140,6 +162,10 @@ class PolicyNodeConfig:
     max_camera_skew: float
     max_future_stamp: float
     inference_rate: float
+    schedule: str
+    schedule_margin: float
+    prefix_history: bool
+    extra_latency_ms: float
     control_rate: float
     latency_budget_ms: float
     shadow_every: int
@@ -164,6 +190,15 @@ class PolicyNodeConfig:
         if self.backend != 'torch' and self.method not in EXPORT_METHODS:
             raise ValueError(f'method={self.method!r} is invalid for backend={self.backend!r}: '
                              f'exports run {list(EXPORT_METHODS)}; baselines run on torch')
+        if self.schedule != 'frame' and (self.executed_actions < 1 or self.inference_rate):
+            raise ValueError(f'schedule={self.schedule!r} needs executed_actions >= 1 (the '
+                             'actions run per chunk time the next step) and inference_rate 0, '
+                             f'got executed_actions={self.executed_actions}, inference_rate='
+                             f'{self.inference_rate} (set them, or schedule to frame)')
+        if self.prefix_history and self.schedule != 'async':
+            raise ValueError(f'prefix_history=True needs schedule=\'async\', got schedule='
+                             f'{self.schedule!r} (set schedule to async, or prefix_history to '
+                             'false)')
 
     @property
     def model_dir(self) -> Path:
@@ -178,6 +213,11 @@ class PolicyNodeConfig:
         """The topic of each camera, with the image transport's suffix."""
         suffix = '/compressed' if self.image_transport == 'compressed' else ''
         return [t + suffix for t in self.camera_topics]
+
+    def inference_schedule(self) -> InferenceSchedule:
+        """The schedule these parameters ask for (dysl_ros.runtime.schedule)."""
+        return InferenceSchedule(self.schedule, self.executed_actions, self.dt,
+                                 self.schedule_margin, self.stats_window)
 
     def check_size(self, rgb: np.ndarray) -> np.ndarray:
         """`rgb` itself if it is image_width x image_height (0: any); ImageConversionError

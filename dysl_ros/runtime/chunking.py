@@ -9,20 +9,31 @@ chunk then advances one action per tick.
 - mode 'replace': the newest accepted chunk replaces the one in progress.
 - mode 'ensemble': temporal ensembling (ACT): every chunk still covering this tick votes,
   weighted exp(-ensemble_decay * i) with i = 0 for the oldest vote.
+- mode 'prefix': as replace, but the switch is blended. A chunk that takes over while the one
+  before it still has actions commands (1 - w_k) * old + w_k * new for its first
+  blend_actions ticks, w_k = (k + 1) / (blend_actions + 1), k = 0 on its first tick; the old
+  chunk keeps advancing meanwhile and is dropped when the blend ends or it runs out (then the
+  new chunk alone). A chunk arriving mid-blend blends from the one that took over last; a new
+  chunk that runs out mid-blend ends the old one too (a hold follows).
 
 A chunk is dropped (the reason is counted) when its stamp is negative or more than
 max_future_stamp ahead of the clock, when its observation is older than max_chunk_age on
 arrival, when it predates the current episode, when its joint names differ from the
 configured ones, when it has more than max_chunk_points actions, when its actions are not
 spaced one control period apart (time_from_start strictly increasing by dt from a start in
-[0, dt)), or when any value is not finite. With nothing to execute the executor holds: zero for every delta
-joint and the last commanded value for absolute joints (the gripper).
+[0, dt)), or when any value is not finite. With nothing to execute the executor holds: zero
+for every delta joint and the last commanded value for absolute joints (the gripper).
 
 Switch bound (max_switch_jump, off when empty): at a switch, a tick whose command comes from a
-chunk that did not give the previous tick's command (replace: a new chunk took over; ensemble:
-the voting chunks gained one) while the previous tick was not a hold, each joint's change from
-the previous command is clipped to +-max_switch_jump before the limits clip. Within a chunk,
-after a hold and on the first command of an episode nothing is bounded.
+chunk that did not give the previous tick's command (replace, prefix: a new chunk took over,
+its first tick; ensemble: the voting chunks gained one) while the previous tick was not a
+hold, each joint's change from the previous command is clipped to +-max_switch_jump before
+the limits clip. Within a chunk, after a hold and on the first command of an episode nothing
+is bounded.
+
+Per tick, `last_tick` (a TickRecord) says whether it held, whether it was a switch, and the
+age of the chunk behind its command (now - observation stamp; ensemble: the voters' ages
+averaged with their weights; prefix: the new chunk's, blend or not).
 """
 from __future__ import annotations
 
@@ -35,8 +46,7 @@ import numpy as np
 
 from ..validation import require
 
-MODES = ('replace', 'ensemble')
-
+MODES = ('replace', 'ensemble', 'prefix')
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,13 @@ class ChunkExecutorConfig:
         joint_names: action names in command order; a chunk must carry exactly these names
             (in any order).
         control_rate: commands per second.
-        mode: 'replace' (the newest chunk replaces the one in progress) or 'ensemble'
-            (temporal ensembling of every chunk covering the tick).
+        mode: 'replace' (the newest chunk replaces the one in progress), 'ensemble'
+            (temporal ensembling of every chunk covering the tick) or 'prefix' (as replace,
+            with the first blend_actions ticks of a switch blended; see the module docstring).
         ensemble_decay: m in the ensembling weight exp(-m * i), i = 0 for the oldest chunk
             (ACT's default 0.01: nearly uniform; larger trusts older chunks more).
+        blend_actions: prefix mode: ticks over which a new chunk's weight ramps up, w_k =
+            (k + 1) / (blend_actions + 1) against the chunk it takes over from.
         max_chunk_age: seconds; a chunk whose observation is older than this on arrival is
             dropped, and a chunk is dropped once now > stamp + (H - 1) * dt + max_chunk_age.
         lower_limits: per joint lower clip of every command.
@@ -64,15 +77,16 @@ class ChunkExecutorConfig:
         max_chunk_points: most actions a chunk may carry.
         max_switch_jump: per joint bound (>= 0) on the command's change at a switch (a tick
             whose command comes from a chunk that did not give the previous tick's command:
-            replace: a new chunk took over; ensemble: the voting chunks gained one), applied
-            before the limits; empty (the default): no bound. Not applied after a hold tick
-            (a hold is not a switch) nor to the first command of an episode.
+            replace, prefix: a new chunk took over; ensemble: the voting chunks gained one),
+            applied before the limits; empty (the default): no bound. Not applied after a
+            hold tick (a hold is not a switch) nor to the first command of an episode.
     """
 
     joint_names: tuple[str, ...] = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
     control_rate: float = 20.0
     mode: str = 'replace'
     ensemble_decay: float = 0.01
+    blend_actions: int = 4
     max_chunk_age: float = 0.5
     lower_limits: tuple[float, ...] = (-0.02, -0.02, -0.02, -0.1, -0.1, -0.1, 0.0)
     upper_limits: tuple[float, ...] = (0.02, 0.02, 0.02, 0.1, 0.1, 0.1, 1.0)
@@ -95,6 +109,9 @@ class ChunkExecutorConfig:
         require(self.mode in MODES, 'mode', self.mode, f'one of {MODES}')
         require(0.0 <= self.ensemble_decay <= 10.0, 'ensemble_decay', self.ensemble_decay,
                  '[0, 10]')
+        require(isinstance(self.blend_actions, int) and not isinstance(self.blend_actions, bool)
+                and 1 <= self.blend_actions <= 1000, 'blend_actions', self.blend_actions,
+                'an integer from 1 to 1000')
         require(0.0 < self.max_chunk_age <= 60.0, 'max_chunk_age', self.max_chunk_age,
                  '(0, 60] s')
         for name in ('lower_limits', 'upper_limits'):
@@ -128,6 +145,7 @@ class _Active:
     actions: np.ndarray  # (H, D) in joint_names order
     cursor: int
     seq: int
+    ticks: int = 0  # ticks it has taken part in
 
 
 @dataclass
@@ -145,6 +163,17 @@ class ExecutorStats:
     switch_ticks: int = 0
     limited_switches: int = 0
     arrival_delay_ms: list = field(default_factory=list)  # observation -> arrival
+    chunk_age_ms: list = field(default_factory=list)  # observation -> tick, per non-hold tick
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """The tick just run: a hold, a switch (counted in switch_ticks), and the age in seconds
+    of the chunk(s) behind its command (None on a hold)."""
+
+    hold: bool
+    switch: bool
+    chunk_age: Optional[float]
 
 
 class ChunkExecutor:
@@ -167,6 +196,7 @@ class ChunkExecutor:
             if cfg.max_switch_jump else None
         self._prev_seqs: frozenset = frozenset()  # chunks behind the last tick; empty: a hold
         self._prev_command = self._initial.copy()
+        self.last_tick: Optional[TickRecord] = None  # None before the first tick
 
     def reset(self, now: float) -> None:
         """New episode: forget every chunk, hold absolute joints at their initial values, and
@@ -203,38 +233,52 @@ class ChunkExecutor:
             return 'expired'
         self._seq += 1
         chunk = _Active(stamp=stamp, actions=a, cursor=cursor, seq=self._seq)
-        if self.cfg.mode == 'replace':
-            self._active = [chunk]
-        else:
+        if self.cfg.mode == 'ensemble':
             self._active.append(chunk)
+        else:  # prefix keeps the chunk in progress to blend from
+            self._active = (self._active[-1:] if self.cfg.mode == 'prefix' else []) + [chunk]
         self.stats.accepted += 1
         self.stats.arrival_delay_ms.append(delay * 1e3)
         del self.stats.arrival_delay_ms[:-1000]
         return None
 
     def tick(self, now: float) -> tuple[np.ndarray, bool]:
-        """The command (D,) for this tick and whether it is a hold."""
+        """The command (D,) for this tick and whether it is a hold; see also `last_tick`."""
         self.stats.ticks += 1
         horizon = self.cfg.max_chunk_age
+        newest = self._active[-1] if self._active else None
         self._active = [c for c in self._active if c.cursor < len(c.actions)
                         and now <= c.stamp + (len(c.actions) - 1) * self.cfg.dt + horizon]
+        prefix = self.cfg.mode == 'prefix'
+        if prefix and self._active and self._active[-1] is not newest:
+            self._active = []  # the new chunk ran out mid-blend: the old one stays replaced
         if not self._active:
             self.stats.hold_ticks += 1
             command = np.where(self._absolute, self._last, 0.0)
             self._prev_seqs = frozenset()
+            self.last_tick = TickRecord(hold=True, switch=False, chunk_age=None)
             return command, True
-        if self.cfg.mode == 'replace':
-            c = self._active[-1]
-            command = c.actions[c.cursor].copy()
-            seqs = frozenset((c.seq,))
-        else:  # oldest first: weight exp(-m * i), i = 0 for the oldest
+        if self.cfg.mode == 'ensemble':  # oldest first: weight exp(-m * i), i = 0 for the oldest
             votes = np.stack([c.actions[c.cursor] for c in self._active])  # (N, D)
             w = np.exp(-self.cfg.ensemble_decay * np.arange(len(votes)))  # (N,)
             command = (w[:, None] * votes).sum(0) / w.sum()
-            seqs = frozenset(c.seq for c in self._active)
+            age = float(w @ [now - c.stamp for c in self._active]) / w.sum()
+        else:  # the newest chunk; prefix blends it in over the one it took over from
+            c = self._active[-1]
+            command = c.actions[c.cursor].copy()
+            if prefix and len(self._active) == 2:
+                old = self._active[0]
+                w = (c.ticks + 1) / (self.cfg.blend_actions + 1)
+                command = (1.0 - w) * old.actions[old.cursor] + w * command
+            age = now - c.stamp
+        seqs = frozenset(c.seq for c in self._active)
         for c in self._active:
             c.cursor += 1
-        if self._prev_seqs and not seqs <= self._prev_seqs:  # a switch from a chunk
+            c.ticks += 1
+        if prefix and self._active[-1].ticks >= self.cfg.blend_actions:
+            self._active = self._active[-1:]  # the blend is over
+        switch = bool(self._prev_seqs) and not seqs <= self._prev_seqs
+        if switch:  # a switch from a chunk
             self.stats.switch_ticks += 1
             if self._jump is not None:
                 step = command - self._prev_command
@@ -249,6 +293,9 @@ class ChunkExecutor:
             self.stats.clipped_ticks += 1
         self._last = np.where(self._absolute, clipped, self._last)
         self._prev_command = clipped
+        self.stats.chunk_age_ms.append(age * 1e3)
+        del self.stats.chunk_age_ms[:-1000]
+        self.last_tick = TickRecord(hold=False, switch=switch, chunk_age=age)
         return clipped, False
 
     def _evenly_spaced(self, times: np.ndarray, n: int) -> bool:

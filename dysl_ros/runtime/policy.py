@@ -133,6 +133,12 @@ class GuidedPolicy:
 
     StepStats.latency_ms holds the step's wall time ('total'); profile=True adds the time
     of each stage, synchronising the runner at every stage boundary (benchmarks only).
+
+    step(..., executed=(start, stop)) gives the guidance (verification and history) the
+    chunk's actions start..stop-1, those the controller is expected to run when it drops the
+    first ones as already past and the next chunk takes over at `stop` (None: the whole
+    chunk; a window past the end keeps the last action). The guidance's executed_actions
+    still caps how many enter the history.
     """
 
     def __init__(self, runner: Runner, spec: ModelSpec, guidance: GuidanceConfig,
@@ -156,8 +162,11 @@ class GuidedPolicy:
     def reset(self) -> None:
         self.guidance.reset()
 
-    def step(self, images: Mapping[str, np.ndarray], instruction: str
-             ) -> tuple[np.ndarray, StepStats]:
+    def step(self, images: Mapping[str, np.ndarray], instruction: str,
+             executed: Optional[tuple[int, int]] = None) -> tuple[np.ndarray, StepStats]:
+        if executed is not None and not 0 <= executed[0] < executed[1]:
+            raise ValueError(f'executed={executed!r} is invalid: expected (start, stop) with '
+                             '0 <= start < stop')
         self.shadow_pass()  # the last step's, if its caller did not run it
         r, t = self.runner, Clock(self.runner, self.profile)
         fallback, shadowed = (False, False) if self.shadow is None or not self.skipping \
@@ -176,13 +185,15 @@ class GuidedPolicy:
         chunk = check_finite(r.head(x))  # before the guidance sees it
         t.lap('head')
         layers_run = len(trace.layers_run)
-        verified = trace.skipped and self.guidance.is_onset(chunk)
+        run = slice(None) if executed is None else \
+            slice(min(executed[0], len(chunk) - 1), executed[1])  # what the guidance sees
+        verified = trace.skipped and self.guidance.is_onset(chunk[run])
         if verified:  # post-skip verification: full depth from where the pass first skipped
             x, extra = resume_full_depth(trace, layout, segments)
             chunk = check_finite(r.head(x))
             layers_run += extra
             t.lap('verify')
-        self.guidance.push(chunk)
+        self.guidance.push(chunk[run])
         c, dc = self.guidance.continuity()
         ends = [s.end for s in self.spec.layout.segments]
         stats = StepStats(

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..export.random_model import build_random_model_apart
 from ..model.io import VLA_JSON
 from ..paths import default_model_dir
+from ..runtime.chunking import MODES
 from ..runtime.loading import model_interface
 from ..runtime.messages import camera_topic
 from ..sim.suites import DEFAULT_SUITE, SUITES, Suite, get_suite
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'open_drawer); default: every task')
     parser.add_argument('--max-steps', type=int, default=0,
                         help='episode time limit in steps (default: each task\'s own)')
-    parser.add_argument('--mode', default='replace', choices=('replace', 'ensemble'),
+    parser.add_argument('--mode', default='replace', choices=MODES,
                         help='how the controller splices chunks (default replace)')
     parser.add_argument('--seed', type=int, default=0, help='first episode seed (default 0)')
     parser.add_argument('--execute', type=int, default=8, metavar='N',
