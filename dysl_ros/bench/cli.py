@@ -15,6 +15,9 @@ BENCHES = {
                 'full depth vs DySL latency per backend, per-unit vs per-segment'),
     'ros-overhead': ('dysl_ros.nodes.overhead_bench',
                      'camera-to-chunk latency over ROS 2 against policy-only latency'),
+    'realtime': ('dysl_ros.nodes.realtime_bench',
+                 'chunks in real time over ROS 2 with policy latency added: sync vs async '
+                 'execution, success, idle fraction, jerk at switches'),
     'soak': ('dysl_ros.nodes.soak_bench',
              'policy and controller nodes in their own processes under N frames at R Hz: '
              'RSS over time, latency'),

@@ -93,6 +93,8 @@ def summarize(status: EpisodeStatus, steps: list[StepStats], wall_s: float) -> d
         'layers_total': steps[-1].layers_total if steps else None,
         'verified': sum(bool(s.verified) for s in steps),
         'policy_ms_p50': percentile([s.policy_ms for s in steps], 50),
+        'policy_ms_p95': percentile([s.policy_ms for s in steps], 95),
         'camera_to_chunk_ms_p50': percentile([s.camera_to_chunk_ms for s in steps], 50),
+        'camera_to_chunk_ms_p95': percentile([s.camera_to_chunk_ms for s in steps], 95),
         'wall_s': wall_s,
     }
