@@ -42,6 +42,11 @@ class EpisodeDriver(Node):
         with self._cond:
             self._steps.append(StepStats.from_json(msg.data))
 
+    def forget_status(self) -> None:
+        """Forget the sim's last status: a restarted sim numbers its episodes from 1 again."""
+        with self._cond:
+            self._status = None
+
     def run_episode(self, instruction: str, timeout: float) -> dict:
         """Start an episode with `instruction` and wait until the sim reports it done."""
         with self._cond:
