@@ -35,7 +35,8 @@ def test_one_episode_smoke_run_writes_the_table_and_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result['protocol'] == {'suite': 'tabletop', 'split': 'validation',
                                   'seeds': [first, first],
-                                  'split_range': [first, SPLITS['validation'].stop - 1]}
+                                  'split_range': [first, SPLITS['validation'].stop - 1],
+                                  'latency_budget_ms': None}
     summary = result['summary']
     assert set(summary) == {'full', 'dysl'}
     full, dysl = summary['full'], summary['dysl']
@@ -141,6 +142,30 @@ def test_guidance_overrides_reach_the_dysl_workers(tmp_path, capsys):
     assert verified_fraction('tau=1e-9', 'verify=false') == 0
     assert main(['bench', 'closed-loop', '--model', str(model), '--guidance', 'tau=-1']) == 2
     assert 'tau must be in' in capsys.readouterr().err
+
+
+def test_a_latency_budget_makes_the_skipping_methods_skip_more(tmp_path, capsys):
+    model = build_random_model(tmp_path / 'model', TINY)
+    # random controllers answer 0.4-0.6: at 0.8 none skips until a budget lowers it (by 0.3)
+    meta = json.loads((model / 'dysl.json').read_text())
+    meta['config']['skip_threshold'] = 0.8
+    (model / 'dysl.json').write_text(json.dumps(meta))
+
+    def layers(*budget):
+        out = tmp_path / 'bench.json'
+        assert main(['bench', 'closed-loop', '--model', str(model), '--methods', 'full',
+                     'dysl', '--episodes', '1', '--tasks', 'pick_red', '--workers', '1',
+                     '--json', str(out), *budget]) == 0
+        result = json.loads(out.read_text())
+        assert result['summary']['dysl']['step_ms_p95'] > 0
+        return result, {m: r['layers_run']['mean'] for m, r in result['summary'].items()}
+
+    _, unbudgeted = layers()
+    assert unbudgeted == {'full': TINY.n_layers, 'dysl': TINY.n_layers}
+    result, budgeted = layers('--latency-budget-ms', '0.001')  # unreachable: shift to its bound
+    assert budgeted['full'] == TINY.n_layers and budgeted['dysl'] < TINY.n_layers
+    assert result['protocol']['latency_budget_ms'] == 0.001
+    assert 'latency budget 0.001 ms' in capsys.readouterr().out
 
 
 def test_tuning_on_the_test_split_is_refused(tmp_path):

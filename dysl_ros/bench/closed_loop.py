@@ -18,6 +18,11 @@ model's action names must be the suite's. Seeds come from a named split (sim.spl
 `validation` (the default) for every choice, `test` only to report. --guidance overrides
 are choices, so they are refused on `test`.
 
+--latency-budget-ms gives every skipping method the policy node's latency budget
+(runtime.budget.LatencyBudget: the controllers' threshold comes down while the step p95 is
+over it); the compute table's step p95 (the whole policy step, over a method's inferences)
+shows whether it held, and a run without it on the same seeds shows the success it cost.
+
 Timing: a worker job is one task and a block of seeds; it runs every method on each seed in
 turn, the order rotating with the seed, so every method is timed under the same
 contention. Backbone latency is the guided pass plus any verification re-run (its head
@@ -39,7 +44,7 @@ import math
 import multiprocessing as mp
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
@@ -47,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..paths import default_model_dir
+from ..runtime.stats import percentile
 
 if TYPE_CHECKING:
     from ..layout import Segment
@@ -103,6 +109,7 @@ class Episode:
     closest_mm: float  # closest approach of the gripper to the task's object
     progress_mm: float  # most lifted / pushed / opened during the episode
     skips: list[SegmentSkips]  # per segment with dynamic layers (none for baselines)
+    step_ms: list[float] = field(default_factory=list)  # per inference: the whole policy step
 
 
 def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
@@ -110,7 +117,7 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
     """Run one episode: infer a chunk, execute its first `open_loop_steps` actions, repeat."""
     obs = env.reset(seed=seed, instruction=instruction)
     policy.reset()
-    layers, latency, verified, skipped_at, allow_points = [], [], 0, [], []
+    layers, latency, step_ms, verified, skipped_at, allow_points = [], [], [], 0, [], []
     closest = env.target_distance()
     done = False
     while not done:
@@ -118,6 +125,7 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
         layers.append(stats.layers_run)
         latency.append(stats.latency_ms.get('backbone', 0.0)
                        + stats.latency_ms.get('verify', 0.0))
+        step_ms.append(stats.latency_ms['total'])
         verified += int(stats.verified)
         skipped_at.append(stats.skipped_at)
         allow_points.append(stats.allow_points)
@@ -129,7 +137,7 @@ def run_episode(policy: Policy, env, instruction: str, seed: int, method: str,
     return Episode(method, env.task.name, seed, bool(env.success), env.step_count,
                    stats.layers_total, layers, latency, verified, closest * 1e3,
                    env.max_progress * 1e3,
-                   count_skips(policy.spec.layout.segments, skipped_at, allow_points))
+                   count_skips(policy.spec.layout.segments, skipped_at, allow_points), step_ms)
 
 
 def run_job(policies: Mapping[str, Policy], env, instruction: str, seeds: Sequence[int],
@@ -147,7 +155,7 @@ def run_job(policies: Mapping[str, Policy], env, instruction: str, seeds: Sequen
 
 def _worker(job: tuple) -> list[Episode]:
     """One task x seed block in a fresh process: one env, every method's policy."""
-    model_dir, methods, instruction, seeds, open_loop_steps, suite, guidance = job
+    model_dir, methods, instruction, seeds, open_loop_steps, suite, guidance, budget_ms = job
     import torch
     torch.set_num_threads(1)
     from ..model.io import load_vla
@@ -158,6 +166,11 @@ def _worker(job: tuple) -> list[Episode]:
     # profile: backbone_ms is read from the stage timings
     policies = {m: make_policy(m, Path(model_dir), vla=vla, profile=True, guidance={
         'executed_actions': open_loop_steps, **guidance}) for m in methods}
+    if budget_ms:
+        from ..runtime.budget import LatencyBudget
+        for policy in policies.values():
+            if getattr(policy, 'skipping', False):
+                policy.budget = LatencyBudget(budget_ms)
     sim = get_suite(suite)
     env = sim.make_env(sim.config(image_size=vla.cfg.image_size, cameras=vla.cfg.cameras))
     try:
@@ -202,6 +215,7 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
             'layer_fraction': float(layers.mean()) / eps[0].layers_total,
             'backbone_ms': {'median': float(np.median(ms)), 'p90': float(np.percentile(ms, 90)),
                             'mean': float(ms.mean())},
+            'step_ms_p95': percentile(np.concatenate([e.step_ms for e in eps]), 95),
             'verified_fraction': sum(e.verified for e in eps) / len(layers),
             'episodes': len(eps),
             'inferences': len(layers),
@@ -267,7 +281,7 @@ def format_compute(summary: dict) -> str:
     """Layers run, backbone latency, speedup, fraction of ideal and verifications."""
     head = (f'{"compute per inference":<22}{"layers mean":>12}{"p90":>6}{"frac":>6}'
             f'{"ms median":>11}{"p90":>7}{"speedup med":>13}{"mean":>7}{"of ideal":>10}'
-            f'{"verified":>10}')
+            f'{"verified":>10}{"step p95":>10}')
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
         lay, ms = r['layers_run'], r['backbone_ms']
@@ -276,8 +290,13 @@ def format_compute(summary: dict) -> str:
                f'{r["fraction_of_ideal"]:>10.2f}' if 'speedup' in r
                else f'{"-":>13}{"-":>7}{"-":>10}')
         lines.append(f'{m:<22}{lay["mean"]:>12.1f}{lay["p90"]:>6.1f}{r["layer_fraction"]:>6.0%}'
-                     f'{ms["median"]:>11.2f}{ms["p90"]:>7.2f}{rel}{r["verified_fraction"]:>10.1%}')
+                     f'{ms["median"]:>11.2f}{ms["p90"]:>7.2f}{rel}{r["verified_fraction"]:>10.1%}'
+                     f'{_ms(r.get("step_ms_p95")):>10}')
     return '\n'.join(lines)
+
+
+def _ms(v: Optional[float]) -> str:
+    return '-' if v is None else f'{v:.2f}'
 
 
 def format_failures(summary: dict, tasks: Sequence[str]) -> str:
@@ -350,6 +369,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='guidance settings of the DySL methods replacing the stored '
                              'ones, e.g. tau=0.3 release_margin=0.5 (executed_actions '
                              'defaults to --open-loop-steps); validation split only')
+    parser.add_argument('--latency-budget-ms', type=float, default=0.0, metavar='MS',
+                        help="the policy node's latency_budget_ms for every skipping method "
+                             '(0: off, the default); the step p95 column shows if it held')
     parser.add_argument('--json', metavar='PATH', help='write the results as JSON')
 
 
@@ -360,8 +382,9 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.methods import training_cost
     from ..sim.splits import split_seeds
     from ..sim.suites import get_suite
-    if args.episodes < 1 or args.open_loop_steps < 1:
-        raise SystemExit('--episodes and --open-loop-steps must be >= 1')
+    if args.episodes < 1 or args.open_loop_steps < 1 or args.latency_budget_ms < 0:
+        raise SystemExit('--episodes and --open-loop-steps must be >= 1, '
+                         '--latency-budget-ms >= 0')
     if args.split == 'test' and args.guidance:
         raise SystemExit('--guidance chooses settings, and choices are made on the validation '
                          'split: store the chosen ones in the model (calibrate --guidance) and '
@@ -385,13 +408,14 @@ def run(args: argparse.Namespace) -> int:
                          f'in {suite.action_names}: pick the suite the model was trained on')
     whole = suite.splits[args.split]
     protocol = {'suite': suite.name, 'split': args.split, 'seeds': [seeds[0], seeds[-1]],
-                'split_range': [whole.start, whole.stop - 1]}
+                'split_range': [whole.start, whole.stop - 1],
+                'latency_budget_ms': args.latency_budget_ms or None}
     print(f'closed-loop, {suite.name}, on the {args.split} split: seeds {seeds[0]}-{seeds[-1]} '
           f'per task (of {whole.start}-{whole.stop - 1}), {len(tasks)} tasks, methods '
           f'{" ".join(args.methods)} interleaved per seed')
     blocks = max(1, min(len(seeds), 4))  # seeds per job: a few, so jobs balance
     jobs = [(str(args.model), list(args.methods), t.instruction, list(seeds[i::blocks]),
-             args.open_loop_steps, suite.name, guidance)
+             args.open_loop_steps, suite.name, guidance, args.latency_budget_ms)
             for t in tasks for i in range(blocks)]
     episodes: list[Episode] = []
     with mp.get_context('spawn').Pool(args.workers) as pool:
@@ -418,7 +442,9 @@ def run(args: argparse.Namespace) -> int:
               f'between consecutive inferences\n{skips}')
     print(f'{args.episodes} episodes per task on the {args.split} split, {args.open_loop_steps} '
           f'actions per chunk executed open-loop, {args.workers} workers on {os.cpu_count()} '
-          'CPUs; fraction of ideal from means')
+          'CPUs; fraction of ideal from means' + (
+              f'; latency budget {args.latency_budget_ms:g} ms on the skipping methods'
+              if args.latency_budget_ms else ''))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {'protocol': protocol, 'training': costs, 'backbone_parameters': backbone,
