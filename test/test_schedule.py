@@ -61,6 +61,17 @@ def test_async_is_due_from_the_stamp_less_the_latency_p95_and_the_margin():
     assert s.due_ns < stamp and s.wait_s(stamp) == 0.0
 
 
+def test_async_falls_behind_once_twice_the_p95_is_over_a_chunk():
+    s = InferenceSchedule('async', executed_actions=8, dt=DT)
+    assert not s.falls_behind(chunk_size=8)  # no latency yet
+    s.published(0, 200 * MS)  # 2 x 200 ms = the 8 x 50 ms chunk: just in time
+    assert not s.falls_behind(chunk_size=8)
+    s.published(0, 220 * MS)
+    s.published(0, 220 * MS)
+    assert s.falls_behind(chunk_size=8) and not s.falls_behind(chunk_size=9)
+    assert not InferenceSchedule('sync', 8, DT).falls_behind(8)
+
+
 def test_reset_makes_the_next_step_due_at_once_and_keeps_the_latencies():
     s = InferenceSchedule('sync', executed_actions=2, dt=DT)
     s.published(0, 80 * MS)

@@ -479,6 +479,12 @@ class PolicyNode(LifecycleNode):
                 f'active, latency budget unmet: step p95 {figures["latency_p95_ms"]:.1f} ms > '
                 f'{figures["latency_budget_ms"]:.1f} ms at the maximum threshold shift '
                 f'{figures["max_threshold_shift"]:.2f}')
+        elif self.schedule.falls_behind(self.policy.spec.chunk_size):
+            level, text = DiagnosticStatus.WARN, (
+                f'active, async schedule falls behind: camera-to-chunk p95 '
+                f'{figures["schedule_latency_p95_ms"]:.0f} ms is over half a chunk '
+                f'({self.policy.spec.chunk_size} x {self.cfg.dt * 1e3:.0f} ms / 2): the robot '
+                'pauses between chunks (a faster backend or more skipping helps)')
         elif drifting:
             level, text = DiagnosticStatus.WARN, (
                 f'active, shadow check: chunk drift {shadow.last_drift:.3f} > '

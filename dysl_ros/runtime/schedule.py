@@ -116,6 +116,15 @@ class InferenceSchedule:
             stop = -((self.margin_ns - self.executed_actions * self.dt_ns) // self.dt_ns)
             return start, max(stop, start + 1)
 
+    def falls_behind(self, chunk_size: int) -> bool:
+        """async: whether one model thread cannot land chunks back to back. A chunk covers
+        chunk_size * dt from its stamp and lands p95 after it; the next one is stamped no
+        earlier than that landing (the thread was busy), so it lands in time only while
+        2 * p95 <= chunk_size * dt. Past that the robot pauses between chunks."""
+        with self._lock:
+            return self.mode == 'async' and bool(self._latencies) and \
+                2 * self._p95_ns() > chunk_size * self.dt_ns
+
     def report(self) -> dict[str, Any]:
         """The figures for /diagnostics."""
         return {'schedule': self.mode, 'schedule_latency_p95_ms': self.latency_p95_ms,
