@@ -1,7 +1,6 @@
 """The controller node's per-tick figures over real rclpy on loopback (domain from
 conftest.py): ~/tick_stats JSON, a prefix blend across DDS, chunk age in /diagnostics."""
 import json
-import threading
 
 import numpy as np
 import rclpy
@@ -14,28 +13,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from dysl_ros.nodes.controller_node import ControllerNode
 from dysl_ros.nodes.launcher import LocalLaunch, wait_for
 from dysl_ros.nodes.qos import CHUNK_QOS, COMMAND_QOS, STATUS_QOS
+from test_nodes import Collector
 
 NAMES = ['dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper']
 CHUNK_TOPIC, COMMAND_TOPIC = 'action_chunk', 'command'
 TICK_TOPIC = '/controller_node/tick_stats'
 KEYS = {'time', 'hold', 'switch', 'chunk_age_ms', 'command'}
-
-
-class Collector:
-    """Stores the messages of one topic."""
-
-    def __init__(self, node, msg_type, topic, qos):
-        self.items = []
-        self.lock = threading.Lock()
-        node.create_subscription(msg_type, topic, self._on, qos)
-
-    def _on(self, msg):
-        with self.lock:
-            self.items.append(msg)
-
-    def msgs(self):
-        with self.lock:
-            return list(self.items)
 
 
 def make_chunk(node, points, dx, gripper):
