@@ -52,8 +52,6 @@ EXECUTIONS = {
     'async-ensemble': ({'schedule': 'async'}, {'mode': 'ensemble'}),
     'async-prefix': ({'schedule': 'async', 'prefix_history': True}, {'mode': 'prefix'}),
 }
-NODES = {'policy_node': 'dysl_ros.nodes.policy_node',
-         'controller_node': 'dysl_ros.nodes.controller_node'}
 TICKS_TOPIC = '/controller_node/tick_stats'
 STARTUP_TIMEOUT = 120.0  # s for the nodes to load the model and connect
 
@@ -85,11 +83,14 @@ def run(args: argparse.Namespace) -> int:
     suite = get_suite(DEFAULT_SUITE)
     tasks = args.tasks or list(suite.task_names)
     unknown = sorted(set(tasks) - set(suite.task_names))
-    if unknown or args.episodes < 1 or args.execute < 1 or min(args.latencies) < 0:
-        print(f'error: unknown tasks {unknown}, or --episodes / --execute below 1, or a '
-              'negative latency')
+    if unknown or args.execute < 1 or min(args.latencies) < 0:
+        print(f'error: unknown tasks {unknown}, --execute below 1 or a negative latency')
         return 2
-    seeds = split_seeds(args.split, args.episodes)
+    try:
+        seeds = split_seeds(args.split, args.episodes)
+    except ValueError as e:
+        print(f'error: --episodes: {e}')
+        return 2
     model = Path(args.model) if args.model else default_model_dir()
     print(f'bench realtime: {args.split} split, seeds {seeds.start}..{seeds.stop - 1} per task; '
           f'model {model} ({args.method}); {args.execute} actions per chunk at '
@@ -114,8 +115,9 @@ def run_one(model: Path, method: str, execution: str, latency_ms: float, tasks: 
             seeds: range, execute: int, max_steps: int = 0) -> dict:
     """One latency x execution: the nodes started, every task's episodes, the figures.
     max_steps: the sim's episode limit (0: each task's own)."""
+    from .driver import EpisodeDriver
     from .launcher import LocalLaunch, config_file, ros_args, wait_for
-    from .soak_bench import NodeProcess, stop_all
+    from .soak_bench import NODES, NodeProcess, stop_all  # the policy and controller nodes
     policy_params, controller_params = EXECUTIONS[execution]
     with tempfile.TemporaryDirectory(prefix='dysl_realtime_') as tmp:
         params = Path(tmp) / 'params.yaml'
@@ -134,7 +136,6 @@ def run_one(model: Path, method: str, execution: str, latency_ms: float, tasks: 
         episodes: list[dict] = []
         try:
             with LocalLaunch() as launch:
-                from .driver import EpisodeDriver
                 driver = launch.add(EpisodeDriver)
                 ticks = launch.add(_TickListener)
                 launch.start()
