@@ -12,7 +12,7 @@ from dysl_ros.model import VLAConfig
 from dysl_ros.sim.splits import SPLITS
 
 TINY = dict(image_size=32, patch_size=8, d_model=32, n_layers=3, n_heads=2, mlp_ratio=2,
-            chunk_size=8)
+            chunk_size=16)
 SCALE = np.array([0.04, 0.04, 0.04, 0.2, 0.2, 0.2, 1.0])
 DELTA = np.array([True] * 6 + [False])
 
@@ -40,20 +40,20 @@ def tiny_model(tmp_path_factory) -> Path:
 def test_a_slow_policy_leaves_the_controller_idle_when_sync_and_not_when_async(tiny_model):
     seeds = range(SPLITS['validation'].start, SPLITS['validation'].start + 1)
     tasks = ['pick_red', 'open_drawer']  # a sim process per task, its episodes from 1 again
-    # 100 ms added, about 130 ms camera to chunk: twice that fits in a chunk (8 x 50 ms), so
-    # async can always land the next chunk in time with one model thread
-    runs = {e: run_one(tiny_model, 'dysl', e, 100.0, tasks, seeds, execute=4, max_steps=60)
+    # 150 ms added, about 180 ms camera to chunk: twice that fits well in a chunk (16 x 50
+    # ms), so async lands every next chunk in time with one model thread, even under load
+    runs = {e: run_one(tiny_model, 'dysl', e, 150.0, tasks, seeds, execute=8, max_steps=80)
             for e in ('sync', 'async-replace')}
     sync, overlap = runs['sync'], runs['async-replace']
-    # sync: the robot runs 4 actions (200 ms), then waits ~130 ms for the next: ~40% idle
-    assert sync['idle_fraction'] > 0.25, sync['idle_fraction']
-    # async: once the episode's first chunk is there, no wait for the next (a late chunk now
-    # and then on a loaded 2-core machine: under 1% alone, 6% under the whole suite)
-    assert overlap['idle_fraction'] < min(0.12, sync['idle_fraction'] / 3), \
+    # sync: the robot runs 8 actions (400 ms), then waits ~180 ms for the next: ~30% idle
+    # (fewer held steps when a loaded machine steps the sim late)
+    assert sync['idle_fraction'] > 0.15, sync['idle_fraction']
+    # async: once the episode's first chunk is there, no wait for the next
+    assert overlap['idle_fraction'] < min(0.08, sync['idle_fraction'] / 3), \
         (overlap['idle_fraction'], sync['idle_fraction'])
-    assert overlap['first_chunk_ticks'] >= 2  # ~130 ms: the first chunk is waited for
+    assert overlap['first_chunk_ticks'] >= 2  # ~180 ms: the first chunk is waited for
     assert overlap['switch_change']['n'] > 5  # chunks took over one another without a hold
-    assert overlap['chunk_age_ms']['p50'] >= 100.0  # no action runs before its time
+    assert overlap['chunk_age_ms']['p50'] >= 150.0  # no action runs before its time
     assert [(e['task'], e['seed'], e['steps']) for e in overlap['episodes']] == [
-        (t, seeds.start, 60) for t in tasks]
+        (t, seeds.start, 80) for t in tasks]
     print(format_table(list(runs.values()), tasks))
