@@ -187,7 +187,8 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _rate(outcomes: Sequence[bool]) -> dict:
+def success_rate(outcomes: Sequence[bool]) -> dict:
+    """Share of successes with its 95% Wilson interval, and the counts."""
     k, n = int(sum(outcomes)), len(outcomes)
     low, high = wilson(k, n)
     return {'rate': k / n, 'low': low, 'high': high, 'successes': k, 'episodes': n}
@@ -207,8 +208,8 @@ def summarise(episodes: Sequence[Episode], methods: Sequence[str], tasks: Sequen
         layers = np.concatenate([e.layers_run for e in eps]).astype(float)  # per inference
         ms = np.concatenate([e.backbone_ms for e in eps])  # per inference
         out[m] = {
-            'success': {t: _rate([e.success for e in eps if e.task == t]) for t in tasks},
-            'success_mean': _rate([e.success for e in eps]),
+            'success': {t: success_rate([e.success for e in eps if e.task == t]) for t in tasks},
+            'success_mean': success_rate([e.success for e in eps]),
             'layers_run': {'mean': float(layers.mean()),
                            'p90': float(np.percentile(layers, 90))},
             'layers_total': eps[0].layers_total,
@@ -257,7 +258,8 @@ def _failures(failed: Sequence[Episode]) -> dict:
             'moved': sum(e.progress_mm > MOVED_MM for e in reached)}
 
 
-def _interval(r: dict) -> str:
+def format_rate(r: dict) -> str:
+    """A success_rate as 'rate [low-high]'."""
     return f'{r["rate"]:.0%} [{r["low"]:.0%}-{r["high"]:.0%}]'
 
 
@@ -273,7 +275,7 @@ def format_success(summary: dict, tasks: Sequence[str]) -> str:
     lines = [head, '-' * len(head)]
     for m, r in summary.items():
         cells = [r['success'][t] for t in tasks] + [r['success_mean']]
-        lines.append(f'{m:<22}' + ''.join(f'{_interval(c):>{w}}' for c in cells))
+        lines.append(f'{m:<22}' + ''.join(f'{format_rate(c):>{w}}' for c in cells))
     return '\n'.join(lines)
 
 

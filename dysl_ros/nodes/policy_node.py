@@ -373,8 +373,9 @@ class PolicyNode(LifecycleNode):
                           getattr(self.policy, 'budget', None), shadow)
         # due_lag_ms: how late the step started against its due time (None: due at once)
         info.extra.update(schedule=self.cfg.schedule,
-                          due_lag_ms=None if due is None else (start - due) * 1e-6,
-                          **{'executed_window': list(w) for w in window.values()})
+                          due_lag_ms=None if due is None else (start - due) * 1e-6)
+        if window:
+            info.extra['executed_window'] = list(window['executed'])
         self._stats_pub.publish(String(data=info.to_json()))
         return None
 

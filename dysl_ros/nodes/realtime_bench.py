@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import yaml
 
-from ..bench.closed_loop import wilson
+from ..bench.closed_loop import format_rate, success_rate
 from ..paths import default_model_dir
 from ..runtime.stats import percentile
 from ..sim.splits import SPLITS, split_seeds
@@ -224,12 +224,6 @@ def summarise(execution: str, latency_ms: float, tasks: Sequence[str], episodes:
     limits = suite.controller_params()
     scale = np.subtract(limits['upper_limits'], limits['lower_limits'])
     delta = np.array([n not in suite.absolute_actions for n in suite.action_names])
-    success = {}
-    for t in tasks:
-        wins = sum(e['success'] for e in episodes if e['task'] == t)
-        n = sum(e['task'] == t for e in episodes)
-        low, high = wilson(wins, n)
-        success[t] = {'rate': wins / n, 'low': low, 'high': high, 'n': n}
     at_switch, within, ages = [], [], []
     for e in episodes:
         ticks = e.pop('ticks')
@@ -243,11 +237,11 @@ def summarise(execution: str, latency_ms: float, tasks: Sequence[str], episodes:
     steps = sum(e['steps'] for e in episodes)
     holds = sum(e['holds'] for e in episodes)
     waiting = sum(e['first_chunk_holds'] for e in episodes)
-    wins = sum(e['success'] for e in episodes)
-    low, high = wilson(wins, len(episodes))
     return {
-        'execution': execution, 'latency_ms': latency_ms, 'success': success,
-        'success_mean': {'rate': wins / len(episodes), 'low': low, 'high': high},
+        'execution': execution, 'latency_ms': latency_ms,
+        'success': {t: success_rate([e['success'] for e in episodes if e['task'] == t])
+                    for t in tasks},
+        'success_mean': success_rate([e['success'] for e in episodes]),
         'idle_fraction': (holds - waiting) / max(steps - waiting, 1),
         'first_chunk_ticks': percentile([e['first_chunk_holds'] for e in episodes], 50),
         'hold_fraction': holds / max(steps, 1),
@@ -256,16 +250,13 @@ def summarise(execution: str, latency_ms: float, tasks: Sequence[str], episodes:
         'within_change': {'p95': percentile(within, 95), 'max': max(within, default=None),
                           'n': len(within)},
         'chunk_age_ms': {'p50': percentile(ages, 50), 'p95': percentile(ages, 95)},
+        # per-episode p95s (None: an episode without chunks), their median
         'policy_ms_p95': percentile([e['policy_ms_p95'] for e in episodes
-                             if e['policy_ms_p95'] is not None], 50),
+                                     if e['policy_ms_p95'] is not None], 50),
         'camera_to_chunk_ms_p95': percentile([e['camera_to_chunk_ms_p95'] for e in episodes
-                                      if e['camera_to_chunk_ms_p95'] is not None], 50),
+                                              if e['camera_to_chunk_ms_p95'] is not None], 50),
         'episodes': episodes,
     }
-
-
-def _pct(r: dict) -> str:
-    return f'{r["rate"]:.0%} [{r["low"]:.0%}-{r["high"]:.0%}]'
 
 
 def _num(v: Optional[float], fmt: str = '.3f') -> str:
@@ -274,8 +265,8 @@ def _num(v: Optional[float], fmt: str = '.3f') -> str:
 
 def format_run(r: dict) -> str:
     """One line as a run ends."""
-    return (f'{r["execution"]} at +{r["latency_ms"]:g} ms: success {_pct(r["success_mean"])}, '
-            f'idle {r["idle_fraction"]:.1%} after the first chunk, change at switches p95 '
+    return (f'{r["execution"]} at +{r["latency_ms"]:g} ms: success '
+            f'{format_rate(r["success_mean"])}, idle {r["idle_fraction"]:.1%} after the first chunk, change at switches p95 '
             f'{_num(r["switch_change"]["p95"])} vs within {_num(r["within_change"]["p95"])}')
 
 
@@ -290,8 +281,8 @@ def format_table(runs: Sequence[dict], tasks: Sequence[str]) -> str:
         sw, wi, age = r['switch_change'], r['within_change'], r['chunk_age_ms']
         lines.append(
             f'{r["execution"]:<16}{r["latency_ms"]:>5g}'
-            + ''.join(f'{_pct(r["success"][t]):>17}' for t in tasks)
-            + f'{_pct(r["success_mean"]):>17}{r["idle_fraction"]:>7.1%}'
+            + ''.join(f'{format_rate(r["success"][t]):>17}' for t in tasks)
+            + f'{format_rate(r["success_mean"]):>17}{r["idle_fraction"]:>7.1%}'
             f'{r["first_chunk_ticks"]:>6.0f}'
             f'{_num(sw["p95"]):>11}{_num(sw["max"]):>7}{_num(wi["p95"]):>11}'
             f'{_num(wi["max"]):>7}{_num(age["p50"], ".0f"):>8}{_num(age["p95"], ".0f"):>6}'
