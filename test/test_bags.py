@@ -18,7 +18,7 @@ from dysl_ros.bags.replay import ReplayConfig, replay_step_locked
 from dysl_ros.bags.topics import TopicMap, deserialize
 from dysl_ros.runtime.messages import time_to_ns
 from dysl_ros.cli import main
-from dysl_ros.datasets import FORMAT, iter_episodes, load_stats
+from dysl_ros.datasets import FORMAT, iter_episodes, load_stats, read_index
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
@@ -400,6 +400,63 @@ def test_missing_topic_wrong_type_and_corrupt_bags_give_clear_errors(expert_bag,
             load_bag(cut)
     with pytest.raises(BagError, match='no such bag'):
         load_bag(tmp_path / 'nothing')
+
+
+# ---- bag2demos of another suite -----------------------------------------------------------------
+MT10_ACTIONS = ['dx', 'dy', 'dz', 'gripper']
+MT10_TOPICS = {'corner': '/corner/image', 'gripperPOV': '/gripperPOV/image'}
+
+
+@pytest.fixture(scope='module')
+def mt10_bag(tmp_path_factory):
+    """One 12-step Meta-World MT10 expert episode (drawer_close, time-limited), MCAP, recorded
+    through the CLI."""
+    bag = tmp_path_factory.mktemp('bags') / 'mt10'
+    assert cli('record', ['--suite', 'metaworld-mt10', '--out', bag, '--tasks', 'drawer_close',
+                        '--max-steps', STEPS, '--image-size', 32, '--start-ns', START_NS,
+                        '--quiet']) == 0
+    return bag
+
+
+def test_an_mt10_bag_converts_in_the_actions_and_cameras_it_names(mt10_bag, tmp_path):
+    out = tmp_path / 'demos'
+    assert cli('bag2demos', [mt10_bag, '--out', out, '--keep-failed', '--quiet']) == 0
+    index = read_index(out)
+    assert (index['suite'], index['action_names'], index['cameras']) == (
+        'metaworld-mt10', MT10_ACTIONS, list(MT10_TOPICS))
+    assert index['image_size'] == 32 and index['control_hz'] == pytest.approx(80.0)
+    (ep,) = list(iter_episodes(out))
+    assert ep.task == 'drawer_close' and ep.instruction == 'close the drawer'
+    msgs = read_back(mt10_bag)
+    commands = np.array([m.data for _, m in msgs['/command'][1]])  # (T, 4)
+    assert ep.actions.shape == commands.shape == (STEPS, 4)
+    np.testing.assert_array_equal(ep.actions, commands.astype(np.float32))
+    for camera, topic in MT10_TOPICS.items():
+        frames = [np.frombuffer(m.data, np.uint8).reshape(32, 32, 3) for _, m in msgs[topic][1]]
+        np.testing.assert_array_equal(ep.images[camera], np.stack(frames))
+    assert load_stats(out)['mean'].shape == (4,)
+    # train-bc builds its model for the demos' actions and cameras, as on gen-demos output
+    assert cli('train-bc', ['--demos', out, '--out', tmp_path / 'bc', '--steps', 2,
+                            '--batch-size', 4, '--d-model', 32, '--n-layers', 2, '--n-heads', 2,
+                            '--quiet']) == 0
+    cfg = load_vla(tmp_path / 'bc').cfg
+    assert cfg.action_names == tuple(MT10_ACTIONS) and cfg.cameras == tuple(MT10_TOPICS)
+
+
+def test_bags_of_two_suites_or_other_action_names_are_refused_in_one_line(mt10_bag, expert_bag,
+                                                                          tmp_path, capsys):
+    mixed = tmp_path / 'mixed'
+    assert cli('bag2demos', [expert_bag, mt10_bag, '--out', mixed, '--keep-failed',
+                             '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'bags of different layouts in one dataset' in err, err
+    assert 'tabletop, actions dx dy dz droll dpitch dyaw gripper, cameras front wrist' in err
+    assert 'metaworld-mt10, actions dx dy dz gripper, cameras corner gripperPOV' in err
+    assert not mixed.exists()  # refused before anything is written
+    assert cli('bag2demos', [mt10_bag, '--out', mixed, '--keep-failed', '--quiet',
+                             '--action-names'] + ACTION_NAMES) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'recorded in actions dx dy dz gripper' in err, err
 
 
 # ---- bag2demos -> distill -----------------------------------------------------------------------
