@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -110,7 +110,8 @@ def long_model(tmp_path_factory):
 def _run(model, n, **params):
     """Start the policy node with `params`, stream camera frames at 50 Hz until n chunks are
     out, then deactivate it; returns the step statistics, the chunks, the last /diagnostics
-    values, and the policy's spec and guidance history buffer after the last chunk."""
+    values, the policy's spec and guidance history buffer after the last chunk, and the last
+    /diagnostics status while it was active."""
     with LocalLaunch() as launch:
         node = launch.add(make_tester)
         chunks = Collector(node, JointTrajectory, 'action_chunk', CHUNK_QOS)
@@ -130,6 +131,9 @@ def _run(model, n, **params):
         streamer.start()
         try:
             wait_for(lambda: len(steps.msgs()) >= n, 30.0, f'{n} chunks')
+            seen = len(diagnostics.msgs())
+            wait_for(lambda: len(diagnostics.msgs()) > seen, 10.0, '/diagnostics while active')
+            active = diagnostics.msgs()[-1].status[0]
             assert policy.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         finally:
             done.set()
@@ -140,7 +144,7 @@ def _run(model, n, **params):
         values = {kv.key: kv.value for kv in diagnostics.msgs()[-1].status[0].values}
         buffer = policy.policy.guidance.state_dict()['buffer']
         return ([json.loads(m.data) for m in steps.msgs()], [c for c in chunks.msgs() if c.points],
-                values, policy.policy.spec, buffer)
+                values, policy.policy.spec, buffer, active)
 
 
 def _published_ns(info):
@@ -153,10 +157,11 @@ def test_async_chunks_land_before_the_previous_ones_executed_actions_run_out(lon
     prefix_history the guidance takes each chunk's E actions from floor(p95 / dt) on."""
     execute, margin = 10, 0.05
     horizon = execute * DT * 1e9  # ns
-    infos, chunks, values, spec, buffer = _run(
+    infos, chunks, values, spec, buffer, active = _run(
         long_model, 8, schedule='async', extra_latency_ms=150.0, executed_actions=execute,
         schedule_margin=margin, prefix_history=True)
     assert values['schedule'] == 'async' and float(values['schedule_latency_p95_ms']) >= 150
+    assert active.level == DiagnosticStatus.OK, active.message  # 2 x p95 < 16 x 50 ms
     assert all(i['schedule'] == 'async' and i['policy_ms'] >= 150 for i in infos)
     assert infos[0]['due_lag_ms'] is None and infos[0]['executed_window'] == [0, execute]
     for k in range(1, len(infos)):
@@ -176,6 +181,15 @@ def test_async_chunks_land_before_the_previous_ones_executed_actions_run_out(lon
     actions = np.array([p.positions for p in chunks[-1].points])  # (H, D)
     executed = (actions[start:stop] - spec.action_mean) / spec.action_std
     np.testing.assert_allclose(buffer, executed[-len(buffer):], atol=1e-4)
+
+
+def test_diagnostics_warn_when_async_falls_behind_half_a_chunk(long_model):
+    """With 450 ms added, twice the camera-to-chunk p95 is over the 16 x 50 ms chunk: the
+    next chunk cannot land before this one runs out, and /diagnostics says so."""
+    *_, active = _run(long_model, 3, schedule='async', extra_latency_ms=450.0,
+                      executed_actions=8)
+    assert active.level == DiagnosticStatus.WARN, active.message
+    assert 'async schedule falls behind' in active.message and '16 x 50 ms' in active.message
 
 
 def test_sync_steps_wait_executed_actions_after_each_chunk_for_a_later_frame(long_model):
