@@ -11,15 +11,19 @@ from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla
 from dysl_ros.sim.demos import episode_seed
+from dysl_ros.runtime.methods import make_policy
 from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.metaworld_suite import (
     ACTION_NAMES, TASKS, MetaWorldConfig, MetaWorldEnv, make_expert)
+from dysl_ros.sim.recovery import run_recovery_episode
 from dysl_ros.sim.splits import SPLITS
 from dysl_ros.sim.suites import SUITES, get_suite
 
 MT10 = ('reach', 'push', 'pick_place', 'door_open', 'drawer_open', 'drawer_close',
         'button_press_topdown', 'peg_insert_side', 'window_open', 'window_close')
 VALIDATION = SPLITS['validation'].start
+TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=3, n_heads=2, mlp_ratio=2,
+                 chunk_size=8, cameras=('corner', 'gripperPOV'), action_names=ACTION_NAMES)
 
 
 @pytest.fixture(scope='module')
@@ -117,10 +121,7 @@ def test_gen_demos_writes_a_metaworld_folder_that_datasets_loads(tmp_path, capsy
 
 
 def test_closed_loop_bench_runs_the_suite_and_refuses_a_model_of_another(tmp_path, capsys):
-    cfg = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=3, n_heads=2,
-                    mlp_ratio=2, chunk_size=8, cameras=('corner', 'gripperPOV'),
-                    action_names=ACTION_NAMES)
-    model = build_random_model(tmp_path / 'model', cfg)
+    model = build_random_model(tmp_path / 'model', TINY)
     out = tmp_path / 'bench.json'
     assert main(['bench', 'closed-loop', '--suite', 'metaworld-mt10', '--model', str(model),
                  '--methods', 'full', '--episodes', '1', '--tasks', 'drawer_close',
@@ -133,3 +134,28 @@ def test_closed_loop_bench_runs_the_suite_and_refuses_a_model_of_another(tmp_pat
     assert len(episode['layers_run']) == -(-episode['steps'] // 8)
     with pytest.raises(SystemExit, match='pick the suite'):
         main(['bench', 'closed-loop', '--model', str(model), '--episodes', '1'])
+
+
+def test_recovery_demos_on_mt10_record_the_experts_part_and_replay(tmp_path, capsys):
+    model = build_random_model(tmp_path / 'model', TINY)
+    out = tmp_path / 'recovery'
+    assert main(['gen-demos', '--suite', 'metaworld-mt10', '--out', str(out), '--recover-from',
+                 str(model), '--episodes-per-task', '1', '--tasks', 'drawer_close',
+                 '--workers', '1', '--image-size', '32', '--open-loop-steps', '8']) == 0
+    assert read_index(out)['recover_from'] == str(model)
+    (ep,) = list(iter_episodes(out))
+    with MetaWorldEnv(MetaWorldConfig(image_size=32)) as env:
+        again = run_recovery_episode(env, make_policy('full', model), ep.seed, ep.task, 8,
+                                     make_expert)
+    k = again['takeover_step']   # an untrained model never comes near: the first half
+    assert 0 <= k < 250 and ep.success and ep.length + k <= 500
+    assert np.array_equal(again['actions'], ep.actions)
+    assert all(np.array_equal(again['images'][c], ep.images[c]) for c in ep.images)
+    # a tabletop model cannot drive MT10 episodes: refused before anything runs
+    tabletop = build_random_model(tmp_path / 'tabletop', VLAConfig(
+        image_size=32, patch_size=8, d_model=32, n_layers=3, n_heads=2, mlp_ratio=2))
+    capsys.readouterr()
+    assert main(['gen-demos', '--suite', 'metaworld-mt10', '--out', str(tmp_path / 'x'),
+                 '--recover-from', str(tabletop), '--episodes-per-task', '1']) == 2
+    assert 'pick the suite the model was trained on' in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()

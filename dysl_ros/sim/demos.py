@@ -8,7 +8,7 @@ expert episodes are not kept (success is always True here).
 each with its own tasks, cameras, experts and action names (written to index.json). Episode
 seeds lie in the demos range of sim/splits.py (below 10**9), clear of validation and test.
 
-Recovery demos (`--recover-from MODEL`, see sim/recovery.py; tabletop only) are the expert's
+Recovery demos (`--recover-from MODEL`, see sim/recovery.py; either suite) are the expert's
 corrections from states the model itself reaches, with `takeover_step` set; train on them next
 to the plain demos (train-bc --demos A B).
 
@@ -70,7 +70,7 @@ def _run_job(job: tuple[str, int]) -> dict:
     task, seed = job
     if _WORKER['policy'] is not None:
         rec = run_recovery_episode(_WORKER['env'], _WORKER['policy'], seed, task,
-                                   _WORKER['open_loop_steps'])
+                                   _WORKER['open_loop_steps'], _WORKER['expert'])
     else:
         rec = run_episode(_WORKER['env'], seed, task, record=True, expert=_WORKER['expert'])
     meta = {k: rec[k] for k in ('task', 'instruction', 'seed', 'length', 'success')}
@@ -82,8 +82,7 @@ def _run_job(job: tuple[str, int]) -> dict:
 
 
 def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg,
-                tasks: tuple[str, ...], suite: Suite,
-                recover_from: str | os.PathLike | None = None) -> None:
+                tasks: tuple[str, ...], suite: Suite) -> None:
     if not 1 <= episodes_per_task < _SEED_STRIDE // 2:
         raise ValueError(f'episodes_per_task={episodes_per_task!r} is invalid: expected '
                          f'1..{_SEED_STRIDE // 2 - 1}')
@@ -100,8 +99,6 @@ def _check_args(episodes_per_task: int, workers: int, seed: int, sim_cfg,
     if unknown:
         raise ValueError(f'tasks={unknown} are unknown in suite {suite.name}: expected names '
                          f'from {suite.task_names}')
-    if recover_from is not None and suite.name != 'tabletop':
-        raise ValueError(f'recover_from is tabletop-only (sim/recovery.py); suite={suite.name}')
 
 
 def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
@@ -126,14 +123,16 @@ def generate(out_dir: str | os.PathLike, episodes_per_task: int, seed: int = 0,
     sim_cfg = sim_cfg or sim.config()
     names = sim.task_names
     tasks = tuple(tasks or names)
-    _check_args(episodes_per_task, workers, seed, sim_cfg, tasks, sim, recover_from)
+    _check_args(episodes_per_task, workers, seed, sim_cfg, tasks, sim)
     if recover_from is not None:   # a bad model folder fails here, once, naming the file
         from dysl_ros.model.io import load_vla
         from dysl_ros.runtime.methods import METHODS
         if recover_method not in METHODS:
             raise ValueError(f'recover_method={recover_method!r} is invalid: expected one of '
                              f'{sorted(METHODS)}')
-        chunk = load_vla(Path(recover_from)).cfg.chunk_size
+        model_cfg = load_vla(Path(recover_from)).cfg
+        sim.check_model(model_cfg.action_names, str(recover_from))
+        chunk = model_cfg.chunk_size
         if not 1 <= open_loop_steps <= chunk:
             raise ValueError(f'open_loop_steps={open_loop_steps} is invalid: expected 1..{chunk}'
                              f' (the chunk size of {recover_from})')
@@ -256,8 +255,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = suite.config(image_size=args.image_size, shadows=args.shadows,
                            cameras=tuple(args.cameras or suite.config().cameras))
-        _check_args(args.episodes_per_task, args.workers, args.seed, cfg, tasks, suite,
-                    args.recover_from)
+        _check_args(args.episodes_per_task, args.workers, args.seed, cfg, tasks, suite)
     except ValueError as e:
         print(f'gen-demos: {e}', file=sys.stderr)
         return 2

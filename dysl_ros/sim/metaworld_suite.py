@@ -261,6 +261,10 @@ class MetaWorldExpert:
         self.env = env
         self._policies: dict = {}
 
+    def take_over(self, last_action: np.ndarray) -> None:
+        """Continue from whatever state another controller left (recovery demonstrations):
+        the scripted policies read only the current state, so there is nothing to set."""
+
     def act(self) -> np.ndarray:
         """Next action (4,) float32 for the env's current state, clipped to the action space."""
         name = self.env.task.env_name

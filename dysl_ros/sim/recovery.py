@@ -3,33 +3,35 @@
 Behaviour cloning only sees the expert's own states, so a policy that ends its reach 2 cm off
 the block has never been shown what to do there (covariate shift, as in DAgger). A recovery
 episode runs the model in closed loop until the gripper first comes within NEAR_M of the task's
-object, rewinds the seeded episode to a random step shortly before or after that moment, and
-lets the expert finish from there (`Expert.take_over`). Only the expert's part is recorded, in
-the demo format, with `takeover_step` saying where it began; the seed, the model and that
-step replay it exactly.
+object (`env.target_distance()`), rewinds the seeded episode to a random step shortly before or
+after that moment, and lets the expert finish from there (`take_over`). Only the expert's part
+is recorded, in the demo format, with `takeover_step` saying where it began; the seed, the
+model and that step replay it exactly. Any suite whose env replays a seed deterministically
+and whose expert has take_over works (sim/suites.py: the tabletop and MT10).
 
     python -m dysl_ros gen-demos --out data/recovery --recover-from runs/default \\
-        --open-loop-steps 8 --episodes-per-task 400 --seed 1
+        --open-loop-steps 8 --episodes-per-task 400 --seed 1 [--suite metaworld-mt10]
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from dysl_ros.sim.env import TabletopEnv
 from dysl_ros.sim.expert import finish_episode, make_expert
-from dysl_ros.sim.tasks import TASKS
 
 NEAR_M = 0.02             # "near contact": the gripper within 2 cm of the task's object
 TAKEOVER_WINDOW = (-20, 15)  # take over this many steps before / after first coming near
 OPEN_LOOP_STEPS = 4       # actions of each model chunk executed before the next inference
 
 
-def run_recovery_episode(env: TabletopEnv, policy, seed: int, task_name: str,
-                         open_loop_steps: int = OPEN_LOOP_STEPS) -> dict:
-    """One recovery episode (recorded, as expert.run_episode(record=True), + takeover_step)."""
-    task = next(t for t in TASKS if t.name == task_name)
+def run_recovery_episode(env, policy, seed: int, task_name: str,
+                         open_loop_steps: int = OPEN_LOOP_STEPS,
+                         expert: Callable = make_expert) -> dict:
+    """One recovery episode (recorded, as expert.run_episode(record=True), + takeover_step):
+    any suite's env with its own expert factory."""
     rng = np.random.default_rng(seed)
-    obs = env.reset(seed=seed, task=task)
+    obs = env.reset(seed=seed, task=task_name)
     policy.reset()
     actions: list[np.ndarray] = []
     near, done = None, False
@@ -48,11 +50,11 @@ def run_recovery_episode(env: TabletopEnv, policy, seed: int, task_name: str,
         k = near + int(rng.integers(TAKEOVER_WINDOW[0], TAKEOVER_WINDOW[1] + 1))
     k = int(np.clip(k, 0, len(actions) - 1))   # the episode must not have ended at step k
 
-    obs = env.reset(seed=seed, task=task)      # same seed, same actions: the same states
+    obs = env.reset(seed=seed, task=task_name)   # same seed, same actions: the same states
     for a in actions[:k]:
         obs, _, _ = env.step(a)
-    expert = make_expert(env)
-    expert.take_over(actions[k - 1] if k else np.zeros(7))
-    out = finish_episode(env, expert, obs, seed, record=True)
+    takeover = expert(env)
+    takeover.take_over(actions[k - 1] if k else np.zeros_like(actions[0]))
+    out = finish_episode(env, takeover, obs, seed, record=True)
     out.update(length=len(out['actions']), takeover_step=k)
     return out
