@@ -69,6 +69,25 @@ def test_env_renders_two_cameras_at_the_requested_size_and_replays_exactly():
         assert all(np.array_equal(a[c], b[c]) for c in cfg.cameras)
 
 
+def test_the_goal_an_instruction_names_is_drawn_big_enough_to_see_and_changes_no_physics():
+    actions = np.random.default_rng(1).uniform(-1, 1, (20, 4))
+    runs = {}
+    for radius in (0.01, 0.05):
+        with MetaWorldEnv(MetaWorldConfig(cameras=('corner',), goal_marker_radius=radius)) as env:
+            for task in ('push', 'drawer_close'):
+                frames = [env.reset(seed=VALIDATION, task=task).images['corner']]
+                for a in actions:
+                    frames.append(env.step(a)[0].images['corner'])
+                runs[radius, task] = frames, env.state()['qpos']
+    changed = (runs[0.05, 'push'][0][0] != runs[0.01, 'push'][0][0]).any(-1)
+    assert changed.sum() >= 8   # the green sphere: 3-4 px across in a 64 px corner image
+    assert np.array_equal(runs[0.05, 'push'][1], runs[0.01, 'push'][1])   # same motion
+    for a, b in zip(runs[0.05, 'drawer_close'][0], runs[0.01, 'drawer_close'][0]):
+        assert np.array_equal(a, b)   # a task that names no goal is drawn as Meta-World draws it
+    with pytest.raises(ValueError, match='goal_marker_radius'):
+        MetaWorldConfig(goal_marker_radius=0.0)
+
+
 @pytest.mark.parametrize('task', ['reach', 'drawer_close'])
 def test_scripted_expert_succeeds_on_a_validation_variation(blind_env, task):
     result = run_episode(blind_env, VALIDATION, task, expert=make_expert)

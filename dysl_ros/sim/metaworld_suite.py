@@ -20,8 +20,11 @@ sampler (`_random_reset_space`, with each task's resampling rules: the draw MT10
 seed is a reproducible variation and distinct seeds give distinct (continuous) draws. The
 variation sets are the disjoint seed ranges of sim.splits: demos (below 10**9), validation
 and test. The goal is in the state observation (MT10's setting) for the scripted experts;
-policies see only images, where reach, push and pick-place draw it as a small red, green or
-blue sphere (the colour their instructions name).
+policies see only images, where reach, push and pick-place draw it as a red, green or blue
+sphere (the colour their instructions name). Meta-World draws that sphere 2 cm across, about
+one pixel of a 64 px `corner` image, so a policy cannot see where to go; we draw it at
+MetaWorldConfig.goal_marker_radius (5 cm: 3-4 px). The sphere is a site: no physics, and
+Meta-World's success test is unchanged.
 """
 from __future__ import annotations
 
@@ -61,6 +64,9 @@ class MT10Task:
         approach: what the gripper must come near: 'object' (the first object of
             Meta-World's observation: puck, handle, button, peg) or 'goal' (reach).
         max_steps: episode time limit in control steps (at most HORIZON).
+        marks_goal: the instruction names a coloured goal sphere (Meta-World's 'goal' site),
+            drawn at MetaWorldConfig.goal_marker_radius; other tasks' goal sites stay as
+            Meta-World draws them.
     """
 
     name: str
@@ -68,6 +74,7 @@ class MT10Task:
     instruction: str
     approach: str = 'object'
     max_steps: int = HORIZON
+    marks_goal: bool = False
 
     def __post_init__(self) -> None:
         require(self.name.replace('_', '').isalnum(), 'name', self.name, '[a-z0-9_]+')
@@ -79,9 +86,10 @@ class MT10Task:
 
 
 TASKS: tuple[MT10Task, ...] = (
-    MT10Task('reach', 'reach-v3', 'reach the red goal', approach='goal'),
-    MT10Task('push', 'push-v3', 'push the puck to the green goal'),
-    MT10Task('pick_place', 'pick-place-v3', 'pick up the puck and place it on the blue goal'),
+    MT10Task('reach', 'reach-v3', 'reach the red goal', approach='goal', marks_goal=True),
+    MT10Task('push', 'push-v3', 'push the puck to the green goal', marks_goal=True),
+    MT10Task('pick_place', 'pick-place-v3', 'pick up the puck and place it on the blue goal',
+             marks_goal=True),
     MT10Task('door_open', 'door-open-v3', 'open the door'),
     MT10Task('drawer_open', 'drawer-open-v3', 'open the drawer'),
     MT10Task('drawer_close', 'drawer-close-v3', 'close the drawer'),
@@ -102,12 +110,15 @@ class MetaWorldConfig:
         cameras: cameras rendered into each observation, from CAMERAS; () renders nothing.
         shadows: render shadows (slower software rendering; off by default).
         max_steps: episode time limit override; None uses each task's own limit.
+        goal_marker_radius: metres; the radius the goal sphere of reach, push and pick-place
+            is drawn at (Meta-World's own is 0.02: about a pixel at 64 px).
     """
 
     image_size: int = 64
     cameras: tuple[str, ...] = ('corner', 'gripperPOV')
     shadows: bool = False
     max_steps: int | None = None
+    goal_marker_radius: float = 0.05
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'cameras', tuple(self.cameras))
@@ -118,6 +129,8 @@ class MetaWorldConfig:
                 'distinct names')
         require(self.max_steps is None or 1 <= self.max_steps <= HORIZON, 'max_steps',
                 self.max_steps, f'None or 1..{HORIZON}')
+        require(0.0 < self.goal_marker_radius <= 0.1, 'goal_marker_radius',
+                self.goal_marker_radius, '(0, 0.1] metres')
 
     @property
     def control_hz(self) -> float:
@@ -133,6 +146,9 @@ class _Instance:
         if abs(self.mw.dt * CONTROL_HZ - 1.0) > 1e-9:
             raise RuntimeError(f'{task.env_name} steps at {1 / self.mw.dt} Hz, not {CONTROL_HZ}: '
                                'a metaworld other than 3.1.1 (requirements-dev.txt)?')
+        if task.marks_goal:   # a site: drawn bigger, simulated the same
+            goal = mujoco.mj_name2id(self.mw.model, mujoco.mjtObj.mjOBJ_SITE, 'goal')
+            self.mw.model.site_size[goal, 0] = cfg.goal_marker_radius
         self.renderer = None
         if cfg.cameras:
             # No multisampling, shadows or reflections by default: a 64 px image takes about
