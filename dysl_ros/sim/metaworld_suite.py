@@ -21,10 +21,10 @@ seed is a reproducible variation and distinct seeds give distinct (continuous) d
 variation sets are the disjoint seed ranges of sim.splits: demos (below 10**9), validation
 and test. The goal is in the state observation (MT10's setting) for the scripted experts;
 policies see only images, where reach, push and pick-place draw it as a red, green or blue
-sphere (the colour their instructions name). Meta-World draws that sphere 2 cm across, about
-one pixel of a 64 px `corner` image, so a policy cannot see where to go; we draw it at
-MetaWorldConfig.goal_marker_radius (5 cm: 3-4 px). The sphere is a site: no physics, and
-Meta-World's success test is unchanged.
+sphere (the colour their instructions name). Meta-World draws that sphere with a 2 cm radius,
+a pixel or two of a 64 px `corner` image, too little to see where to go; we draw it at
+MetaWorldConfig.goal_marker_radius (5 cm: 3-4 px across). The sphere is a site: no physics,
+and Meta-World's success test is unchanged.
 """
 from __future__ import annotations
 
