@@ -111,7 +111,7 @@ class MetaWorldConfig:
         shadows: render shadows (slower software rendering; off by default).
         max_steps: episode time limit override; None uses each task's own limit.
         goal_marker_radius: metres; the radius the goal sphere of reach, push and pick-place
-            is drawn at (Meta-World's own is 0.02: about a pixel at 64 px).
+            is drawn at (Meta-World's own is 0.02: a pixel or two at 64 px).
     """
 
     image_size: int = 64
