@@ -10,7 +10,9 @@ cameras, topics, rate, action names, limits and gripper convention over the decl
 defaults; a `params_file` given for MT10 must set those too). The model must be made for the
 suite:
 
-    ros2 launch dysl_ros sim_demo.launch.py suite:=metaworld-mt10 model_path:=models/mt10
+    ros2 launch dysl_ros sim_demo.launch.py suite:=metaworld-mt10
+
+runs the shipped MT10 model (models/metaworld); `model_path:=DIR` runs another.
 
 Start an episode with `ros2 topic pub --once instruction std_msgs/String "data: open the
 drawer"`, or set the `instruction` argument. Off the robot, `python -m dysl_ros demo [--suite
@@ -30,16 +32,18 @@ POLICY_ARGUMENTS = ('namespace', 'backend', 'model_path', 'use_sim_time', 'autos
 # dysl_ros/sim/suites.py, written out so that `ros2 launch` does not import MuJoCo
 # (test/test_launch.py keeps the two equal).
 SUITE_PARAMS = {'tabletop': 'policy.yaml', 'metaworld-mt10': 'policy_mt10.yaml'}
+# suite -> its shipped model under models/ (Suite.model_folder), used when model_path is empty
+SUITE_MODELS = {'tabletop': 'default', 'metaworld-mt10': 'metaworld'}
 
 
 def include_policy(context, share):
-    """policy.launch.py with the suite's parameters file, or the `params_file` given."""
-    params_file = LaunchConfiguration('params_file').perform(context)
-    if not params_file:
-        suite = LaunchConfiguration('suite').perform(context)
-        params_file = PathJoinSubstitution([share, 'config', SUITE_PARAMS[suite]])
+    """policy.launch.py with the suite's parameters file and model, or those given."""
+    suite = LaunchConfiguration('suite').perform(context)
     arguments = {name: LaunchConfiguration(name) for name in POLICY_ARGUMENTS}
-    arguments['params_file'] = params_file
+    arguments['params_file'] = (LaunchConfiguration('params_file').perform(context)
+                                or PathJoinSubstitution([share, 'config', SUITE_PARAMS[suite]]))
+    if not LaunchConfiguration('model_path').perform(context):
+        arguments['model_path'] = PathJoinSubstitution([share, 'models', SUITE_MODELS[suite]])
     return [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch',
                                                             'policy.launch.py'])),
@@ -65,7 +69,8 @@ def generate_launch_description() -> LaunchDescription:
                               description='inference backend of the policy node'),
         DeclareLaunchArgument('model_path', default_value='',
                               description='model directory (made for the suite); empty: '
-                                          'models/default (tabletop)'),
+                                          "the suite's shipped model, models/default "
+                                          '(tabletop) or models/metaworld (MT10)'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               choices=['true', 'false'], description='follow /clock'),
         DeclareLaunchArgument('autostart', default_value='true', choices=['true', 'false'],

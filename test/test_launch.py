@@ -70,6 +70,7 @@ def test_each_suite_of_the_registry_has_its_sim_node_and_policy_parameters():
     tree = _tree(LAUNCH['sim_demo.launch.py'])
     suite_params_files = _constant(tree, 'SUITE_PARAMS')
     assert list(suite_params_files) == list(SUITES)  # the `suite` argument's choices
+    assert _constant(tree, 'SUITE_MODELS') == {n: s.model_folder for n, s in SUITES.items()}
     (suite,) = [c for c in _calls(tree, 'DeclareLaunchArgument') if c.args[0].value == 'suite']
     assert {k.arg: k.value for k in suite.keywords}['default_value'].value == DEFAULT_SUITE
     (sim,) = _calls(tree, 'Node')
@@ -143,12 +144,14 @@ def test_launch_descriptions_load_with_launch_ros(tmp_path, monkeypatch):
     config.symlink_to(ROOT / 'config')
     monkeypatch.setenv('AMENT_PREFIX_PATH', str(tmp_path))
     (policy,) = [e for e in demo.entities if isinstance(e, OpaqueFunction)]
-    for suite, params_file, expected in [
-            ('tabletop', '', config / 'policy.yaml'),
-            ('metaworld-mt10', '', config / 'policy_mt10.yaml'),
-            ('metaworld-mt10', '/robot/mine.yaml', '/robot/mine.yaml')]:
+    models = tmp_path / 'share/dysl_ros/models'
+    for suite, params_file, expected, model_path, model in [
+            ('tabletop', '', config / 'policy.yaml', '', models / 'default'),
+            ('metaworld-mt10', '', config / 'policy_mt10.yaml', '', models / 'metaworld'),
+            ('metaworld-mt10', '/robot/mine.yaml', '/robot/mine.yaml', '/m', '/m')]:
         context = LaunchContext()
-        context.launch_configurations.update(suite=suite, params_file=params_file)
+        context.launch_configurations.update(suite=suite, params_file=params_file,
+                                             model_path=model_path)
         for a in demo.entities:
             if isinstance(a, DeclareLaunchArgument):
                 a.visit(context)  # the defaults of the others
@@ -157,4 +160,4 @@ def test_launch_descriptions_load_with_launch_ros(tmp_path, monkeypatch):
                  for k, v in include.launch_arguments}
         assert set(given) == POLICY_ARGUMENTS and given['params_file'] == str(expected)
         assert params_file or Path(given['params_file']).is_file()
-        assert given['backend'] == 'torch'
+        assert given['backend'] == 'torch' and given['model_path'] == str(model)

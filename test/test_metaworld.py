@@ -10,6 +10,7 @@ from dysl_ros.datasets import iter_episodes, load_stats, read_index
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla
+from dysl_ros.paths import default_model_dir
 from dysl_ros.sim.demos import episode_seed
 from dysl_ros.runtime.methods import make_policy
 from dysl_ros.sim.expert import run_episode
@@ -40,6 +41,9 @@ def test_the_registry_holds_both_suites_with_their_own_tasks_and_actions():
     assert all(len(t.instruction.split()) <= VLAConfig().max_instruction_tokens for t in TASKS)
     assert get_suite('tabletop').action_names == VLAConfig().action_names
     assert all(len(s.tasks) <= 10 for s in SUITES.values())  # gen-demos' episode_seed
+    # each suite's shipped model: the tabletop's is the package default
+    assert get_suite('tabletop').default_model == default_model_dir()
+    assert mt10.default_model == default_model_dir().parent / 'metaworld'
     with pytest.raises(ValueError, match='metaworld-mt10'):
         get_suite('mt50')
 

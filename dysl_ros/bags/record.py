@@ -274,7 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f'simulation suite (default {d.suite}); a policy\'s model must '
                              'act in its action names')
     parser.add_argument('--model', type=Path, default=None,
-                        help='policy: model directory or export (default models/default)')
+                        help="policy: model directory or export (default: the suite's shipped "
+                             'model, models/default or models/metaworld)')
     parser.add_argument('--backend', choices=BACKENDS, default='torch')
     parser.add_argument('--method', default='dysl',
                         help='policy: dysl (default), full, or a baseline / ablation name')
@@ -313,14 +314,15 @@ def run(args: argparse.Namespace) -> int:
         if args.threads > 0:
             import torch
             torch.set_num_threads(args.threads)
-        policy = open_policy(args.model, args.backend, args.method,
+        model = args.model or suite.default_model
+        policy = open_policy(model, args.backend, args.method,
                              PolicyOptions(device=args.device, threads=args.threads,
                                            guidance={'executed_actions': cfg.execute}))
         suite.check_model(policy.spec.action_names)  # before its cameras meet the suite's
         if 'cameras' not in given:
             topics = TopicMap(**{**_fields(topics),
                                  'cameras': default_topics(tuple(policy.spec.cameras)).cameras})
-        info = {'model': str(args.model or 'models/default'), 'backend': args.backend,
+        info = {'model': str(model), 'backend': args.backend,
                 'method': args.method, 'action_names': list(policy.spec.action_names)}
         size = args.image_size or policy.spec.image_size
     else:

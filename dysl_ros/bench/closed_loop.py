@@ -51,14 +51,12 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..paths import default_model_dir
 from ..runtime.stats import percentile
 
 if TYPE_CHECKING:
     from ..layout import Segment
     from ..runtime.policy import Policy
 
-DEFAULT_MODEL = default_model_dir()
 REACHED_MM = 20.0  # a failed episode "reached" the object when the gripper came this close
 MOVED_MM = 10.0    # ... and "moved" it when the task's progress passed this
 Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95%
@@ -350,8 +348,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..sim.suites import DEFAULT_SUITE, SUITES
     parser.add_argument('--suite', choices=list(SUITES), default=DEFAULT_SUITE,
                         help=f'simulation suite (default {DEFAULT_SUITE})')
-    parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
-                        help='model directory (default: the embedded models/default)')
+    parser.add_argument('--model', type=Path, default=None,
+                        help="model directory (default: the suite's shipped model, "
+                             'models/default or models/metaworld)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS),
                         metavar='METHOD',
                         help=f'methods to compare (default all: {", ".join(METHODS)})')
@@ -401,6 +400,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f'--episodes: {e}') from None
     guidance = parse_overrides(args.guidance)
     GuidanceConfig(**guidance)  # range errors now, not in a worker
+    args.model = args.model or suite.default_model
     vla = load_vla(args.model)
     if args.open_loop_steps > vla.cfg.chunk_size:
         raise SystemExit(f'--open-loop-steps={args.open_loop_steps} exceeds the chunk size '

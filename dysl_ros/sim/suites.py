@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from dysl_ros.paths import package_path
 from dysl_ros.sim import metaworld_suite as mw
 from dysl_ros.sim.env import ACTION_NAMES, SimConfig, TabletopEnv
 from dysl_ros.sim.expert import make_expert
@@ -52,6 +54,7 @@ class Suite:
         absolute_actions: actions that are absolute targets (the gripper), held at their
             last value; every other action is a delta, held at zero.
         initial_absolute: each absolute action's value before an episode's first command.
+        model_folder: its shipped model, a folder of the package's models/ (default_model).
     """
 
     name: str
@@ -65,6 +68,7 @@ class Suite:
     action_high: tuple[float, ...]
     absolute_actions: tuple[str, ...]
     initial_absolute: tuple[float, ...]
+    model_folder: str
 
     def __post_init__(self) -> None:
         n = len(self.action_names)
@@ -80,6 +84,11 @@ class Suite:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def default_model(self) -> Path:
+        """The shipped model for this suite (models/<model_folder>; it may not exist yet)."""
+        return package_path('models', self.model_folder)
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -136,11 +145,11 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     'tabletop': Suite('tabletop', TASKS, ACTION_NAMES, SimConfig, TabletopEnv,
-                      make_expert, SPLITS, _TT_LOW, _TT_HIGH, ('gripper',), (0.0,)),
+                      make_expert, SPLITS, _TT_LOW, _TT_HIGH, ('gripper',), (0.0,), 'default'),
     'metaworld-mt10': Suite('metaworld-mt10', mw.TASKS, mw.ACTION_NAMES, mw.MetaWorldConfig,
                             mw.MetaWorldEnv, mw.make_expert, SPLITS,
                             (mw.ACTION_LOW,) * 4, (mw.ACTION_HIGH,) * 4, ('gripper',),
-                            (mw.GRIPPER_OPEN,)),
+                            (mw.GRIPPER_OPEN,), 'metaworld'),
 }
 
 

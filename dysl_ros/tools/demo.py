@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from ..export.random_model import build_random_model_apart
 from ..model.io import VLA_JSON
-from ..paths import default_model_dir
 from ..runtime.chunking import MODES
 from ..runtime.loading import model_interface
 from ..runtime.messages import camera_topic
@@ -47,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--suite', choices=list(SUITES), default=DEFAULT_SUITE,
                         help=f'simulation suite (default {DEFAULT_SUITE}); the model must act '
                         'in its action names')
-    parser.add_argument('--model', metavar='DIR', help='model directory (default: '
-                        'models/default, or a random model while that does not exist or for '
-                        'another suite)')
+    parser.add_argument('--model', metavar='DIR', help='model directory (default: the '
+                        "suite's shipped model, models/default for the tabletop, "
+                        'models/metaworld for metaworld-mt10; a random model while it does '
+                        'not exist)')
     parser.add_argument('--backend', default='torch',
                         choices=('torch', 'onnxruntime', 'tensorrt'), help='default torch')
     parser.add_argument('--method', default='dysl', help='dysl (default), full, or a '
@@ -125,12 +125,10 @@ def run(args: argparse.Namespace) -> int:
               f'--execute={args.execute} must be >= 1')
         return 2
     with tempfile.TemporaryDirectory(prefix='dysl_demo_') as tmp:
-        model = Path(args.model) if args.model else default_model_dir()
-        if not args.model and (suite.name != DEFAULT_SUITE or not (model / VLA_JSON).is_file()):
-            where = (f'in {model} yet' if suite.name == DEFAULT_SUITE
-                     else f'for {suite.name} (models/default is a tabletop model)')
-            print(f'note: no trained default model {where}; using a freshly built random '
-                  'model instead (everything runs, nothing succeeds)')
+        model = Path(args.model) if args.model else suite.default_model
+        if not args.model and not (model / VLA_JSON).is_file():
+            print(f'note: no trained {suite.name} model in {model} yet; using a freshly built '
+                  'random model instead (everything runs, nothing succeeds)')
             model = build_random_model_apart(Path(tmp) / 'random', seed=args.seed,
                                              export=args.backend != 'torch',
                                              cameras=suite.cameras,
