@@ -12,6 +12,7 @@ from dysl_ros.model import VLAConfig
 from dysl_ros.model.io import load_vla
 from dysl_ros.paths import default_model_dir
 from dysl_ros.sim.demos import episode_seed
+from dysl_ros.runtime.loading import model_interface
 from dysl_ros.runtime.methods import make_policy
 from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.metaworld_suite import (
@@ -41,9 +42,13 @@ def test_the_registry_holds_both_suites_with_their_own_tasks_and_actions():
     assert all(len(t.instruction.split()) <= VLAConfig().max_instruction_tokens for t in TASKS)
     assert get_suite('tabletop').action_names == VLAConfig().action_names
     assert all(len(s.tasks) <= 10 for s in SUITES.values())  # gen-demos' episode_seed
-    # each suite's shipped model: the tabletop's is the package default
+    # each suite ships a model that acts in its actions and sees its cameras
     assert get_suite('tabletop').default_model == default_model_dir()
     assert mt10.default_model == default_model_dir().parent / 'metaworld'
+    for suite in SUITES.values():
+        actions, cameras = model_interface(suite.default_model)
+        suite.check_model(actions, str(suite.default_model))
+        assert cameras == suite.cameras
     with pytest.raises(ValueError, match='metaworld-mt10'):
         get_suite('mt50')
 
@@ -157,6 +162,16 @@ def test_closed_loop_bench_runs_the_suite_and_refuses_a_model_of_another(tmp_pat
     assert len(episode['layers_run']) == -(-episode['steps'] // 8)
     with pytest.raises(SystemExit, match='pick the suite'):
         main(['bench', 'closed-loop', '--model', str(model), '--episodes', '1'])
+
+
+def test_the_bench_runs_the_shipped_mt10_model_when_none_is_given(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', 'closed-loop', '--suite', 'metaworld-mt10', '--methods', 'full',
+                 'dysl', '--episodes', '1', '--tasks', 'drawer_close', '--workers', '1',
+                 '--open-loop-steps', '8', '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['config']['model'] == str(get_suite('metaworld-mt10').default_model)
+    assert [e['success'] for e in result['episodes']] == [True, True]   # it learnt the task
 
 
 def test_recovery_demos_on_mt10_record_the_experts_part_and_replay(tmp_path, capsys):
