@@ -43,6 +43,11 @@ def spin_node(make_node: Callable[[], Node], args: Optional[list[str]] = None,
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C shut the context down while a callback ran (a timer's publish then fails
+        # with "publisher's context is invalid"): a clean stop, not a crash
     finally:
         if node is not None:
             node.destroy_node()
