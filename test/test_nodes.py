@@ -663,9 +663,12 @@ def test_demo_counts_each_episodes_drops(tiny_model, tmp_path, node):
     out, rows = run_demo_command(tiny_model, tmp_path, '--episodes', '2', '--max-steps', '10',
                                  '--params-file', str(params))
     assert len(rows) == 2
-    for row in rows:  # this episode's own counts, not running totals
-        if node == 'controller_node':  # every chunk dropped
-            assert row['chunks'] >= 1 and row['dropped_chunks'] == row['chunks'], out
+    for i, row in enumerate(rows):  # this episode's own counts, not running totals
+        if node == 'controller_node':  # every chunk dropped; a chunk of the episode before,
+            # still in flight at the reset, may be dropped (and counted) in this one
+            late = 0 if i == 0 else 1
+            assert row['chunks'] >= 1, out
+            assert row['chunks'] <= row['dropped_chunks'] <= row['chunks'] + late, out
             assert row['dropped_by_reason'].get('stale', 0) >= 1, row
         else:  # each frame (the reset's, one per step) refused as stale or stepped on
             assert 1 <= row['stale_frames'] <= row['steps'] + 1 - row['chunks'], out

@@ -48,8 +48,9 @@ def test_a_slow_policy_leaves_the_controller_idle_when_sync_and_not_when_async(t
     # sync: the robot runs 8 actions (400 ms), then waits ~180 ms for the next: ~30% idle
     # (fewer held steps when a loaded machine steps the sim late)
     assert sync['idle_fraction'] > 0.15, sync['idle_fraction']
-    # async: once the episode's first chunk is there, no wait for the next
-    assert overlap['idle_fraction'] < min(0.08, sync['idle_fraction'] / 3), \
+    # async: once the episode's first chunk is there, no wait for the next (one CI run on
+    # this 2-core machine saw 8.4% idle: the cap leaves room, the ratio keeps the teeth)
+    assert overlap['idle_fraction'] < min(0.12, sync['idle_fraction'] / 3), \
         (overlap['idle_fraction'], sync['idle_fraction'])
     assert overlap['first_chunk_ticks'] >= 2  # ~180 ms: the first chunk is waited for
     assert overlap['switch_change']['n'] > 5  # chunks took over one another without a hold
