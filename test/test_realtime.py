@@ -1,5 +1,5 @@
 """bench realtime: its figures from known ticks, and one short closed loop per execution with
-the three nodes in their own processes (DDS on loopback, the session's domain: conftest),
+the three nodes in their own processes (DDS on loopback, a domain of its own),
 where a slow policy must not leave the controller idle once execution is asynchronous."""
 import os
 from pathlib import Path
