@@ -1,9 +1,26 @@
-"""Session-wide test environment: DDS on loopback with a domain of our own (random per test
-session, so parallel runs on one machine never cross-talk), the package's FastDDS profile for
-large camera frames, headless MuJoCo. Child processes inherit all of it."""
+"""Session-wide test environment: DDS on loopback, the package's FastDDS profile for large
+camera frames, headless MuJoCo; child processes inherit all of it. Each test module runs in
+a DDS domain of its own (the session's, random unless ROS_DOMAIN_ID is set, then the next
+ones), so participants an earlier module left behind (a node process still exiting) never
+reach a later module's nodes, and parallel runs on one machine rarely cross-talk."""
+import itertools
 import os
+
+import pytest
 
 from dysl_ros.nodes.launcher import ros_environment
 
 ros_environment()
 os.environ.setdefault('MUJOCO_GL', 'egl')
+
+# 1-101: the domains whose DDS ports stay clear of Linux's ephemeral range
+_module_domains = (1 + d % 101 for d in itertools.count(int(os.environ['ROS_DOMAIN_ID']) - 1))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def dds_domain_of_its_own():
+    """Module scope, set up before the module's own fixtures, so node processes a
+    module-scoped fixture starts share the domain of the module's tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('ROS_DOMAIN_ID', str(next(_module_domains)))
+        yield

@@ -1,7 +1,6 @@
 """bench realtime: its figures from known ticks, and one short closed loop per execution with
-the three nodes in their own processes (DDS on loopback, a domain of its own),
+the three nodes in their own processes (DDS on loopback, the module's own domain),
 where a slow policy must not leave the controller idle once execution is asynchronous."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +37,7 @@ def tiny_model(tmp_path_factory) -> Path:
                               VLAConfig(**TINY))
 
 
-def test_a_slow_policy_leaves_the_controller_idle_when_sync_and_not_when_async(tiny_model,
-                                                                                 monkeypatch):
-    # a domain of its own: earlier tests of this pytest process share theirs (ros_environment
-    # keeps a set ROS_DOMAIN_ID), and their late participants must not reach these nodes
-    monkeypatch.setenv('ROS_DOMAIN_ID', str(150 + os.getpid() % 50))
+def test_a_slow_policy_leaves_the_controller_idle_when_sync_and_not_when_async(tiny_model):
     seeds = range(SPLITS['validation'].start, SPLITS['validation'].start + 1)
     tasks = ['pick_red', 'open_drawer']  # a sim process per task, its episodes from 1 again
     # 150 ms added, about 180 ms camera to chunk: twice that fits well in a chunk (16 x 50
