@@ -8,13 +8,14 @@ import os
 
 import pytest
 
-from dysl_ros.nodes.launcher import ros_environment
+from dysl_ros.nodes.launcher import LOCAL_DOMAINS, ros_environment
 
 ros_environment()
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
-# 1-101: the domains whose DDS ports stay clear of Linux's ephemeral range
-_module_domains = (1 + d % 101 for d in itertools.count(int(os.environ['ROS_DOMAIN_ID']) - 1))
+# the session's domain first (when it is one of LOCAL_DOMAINS), then the next ones, cycling
+_module_domains = (LOCAL_DOMAINS[d % len(LOCAL_DOMAINS)] for d in
+                   itertools.count(int(os.environ['ROS_DOMAIN_ID']) - LOCAL_DOMAINS.start))
 
 
 @pytest.fixture(scope='module', autouse=True)

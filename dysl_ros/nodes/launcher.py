@@ -25,17 +25,20 @@ from rclpy.node import Node
 
 from ..paths import package_path
 
+# the DDS domains whose ports stay clear of Linux's ephemeral range
+LOCAL_DOMAINS = range(1, 102)
+
 
 def ros_environment(domain_id: Optional[int] = None) -> dict[str, str]:
     """Keep DDS on this machine, in domain `domain_id`, else ROS_DOMAIN_ID when set, else a
-    random domain (1-101). Call before rclpy.init; returns the variables it set."""
+    random one of LOCAL_DOMAINS. Call before rclpy.init; returns the variables it set."""
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     if os.environ.get('ROS_DISTRO') == 'humble':  # Humble predates the discovery range
         os.environ['ROS_LOCALHOST_ONLY'] = '1'
     if domain_id is not None:
         os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     else:
-        os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(1, 101)))
+        os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().choice(LOCAL_DOMAINS)))
     large_frames_profile()
     return {k: os.environ[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')}
 
