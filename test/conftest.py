@@ -7,6 +7,7 @@ import itertools
 import os
 
 import pytest
+import torch
 
 from dysl_ros.nodes.launcher import LOCAL_DOMAINS, ros_environment
 
@@ -25,3 +26,14 @@ def dds_domain_of_its_own():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv('ROS_DOMAIN_ID', str(next(_module_domains)))
         yield
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """For modules that run tiny models in this process (`pytestmark = usefixtures`): they
+    gain nothing from threads, threads stall on a busy machine, and exact repeatability
+    needs one thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,6 +26,8 @@ from dysl_ros.nodes.bag_player import LiveConfig, replay_live
 from dysl_ros.sim import SimConfig, TabletopEnv
 from dysl_ros.sim.expert import run_episode
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,
                  chunk_size=4)
 STEPS, EPISODES, HZ = 12, 2, 20.0
@@ -35,15 +37,6 @@ START_NS = 1_700_000_000_000_000_000
 # (mean and max |error| in action units; measured max about 0.009).
 FULL_DEPTH_TOL = 0.02
 ACTION_NAMES = ['dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper']
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Exact repeatability needs one thread count; one thread also keeps a busy CPU free."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli(command, argv):

@@ -20,6 +20,8 @@ from dysl_ros.train.baselines import (BaselineTrainConfig, deer_shares, exit_dif
                                       train_deer, train_static_depth)
 from dysl_ros.train.distill import DistillConfig
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 4))
 INSTRUCTION = 'pick up the red block'
@@ -43,15 +45,6 @@ def _episodes(n: int, length: int, seed: int = 0) -> list[Episode]:
 def _run(policy, frames):
     policy.reset()
     return [policy.step(f, INSTRUCTION) for f in frames]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

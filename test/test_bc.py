@@ -19,18 +19,11 @@ from dysl_ros.train.bc import BCConfig, train_bc
 from dysl_ros.train.dataset import (DemoDataset, augment_images, demo_instructions,
                                     demo_tokenizer, load_demos)
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TINY = VLAConfig(n_layers=3, d_model=32, n_heads=4, image_size=32, patch_size=8, chunk_size=4)
 FAST = BCConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=4, eval_every=10,
                 checkpoint_every=10, augment=True, val_fraction=0.3, progress=False)
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread and are not slowed by a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

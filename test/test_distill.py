@@ -14,21 +14,14 @@ from dysl_ros.train.distill import (DistillConfig, distill, draw_picks, harmonic
                                     stage2)
 from dysl_ros.train.optim import frozen
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 CFG = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 STRONG = (0, 3, 6)
 # Test-speed settings; the learning rate is higher than the RECON default 1e-4.
 TRAIN = DistillConfig(stage1_steps=100, stage2_steps=100, lr=3e-3, warmup_steps=10, lam=0.3,
                       progress=False)
 ACTION_BOUND = 0.1  # mean |a - a_teacher| after stage 2, in normalised action units
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread and are not slowed by a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def planted_vla() -> VLA:

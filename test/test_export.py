@@ -28,6 +28,8 @@ from dysl_ros.runtime.policy import GuidedPolicy, ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner
 from dysl_ros.skipping import NO_SKIP
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 3, 6))
 # A small tau and a generous release make the allow points move on random frames.
@@ -78,15 +80,6 @@ def _assert_close(got, ref, what, rtol=1e-4):
     scale = max(float(np.abs(ref).max()), 1e-12)
     assert err.max() <= rtol * scale, (f'{what}: max abs error {err.max():.3g}, mean '
                                        f'{err.mean():.3g}, relative {err.max() / scale:.3g}')
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and threads stall on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

@@ -16,17 +16,10 @@ from dysl_ros.model.io import save_dysl, save_vla
 from dysl_ros.runtime.policy import ModelSpec
 from dysl_ros.runtime.torch_runner import TorchRunner
 
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
 TINY = VLAConfig(n_layers=8, d_model=64, n_heads=4, image_size=32, patch_size=8)
 LAYOUT = Layout(8, (0, 3, 6))
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and threads stall on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
