@@ -155,6 +155,29 @@ def test_fine_tune_starts_from_the_saved_model(demos, tmp_path):
     assert read_json(tmp_path / 'fresh' / bc.BC_JSON)['init_from'] is None
 
 
+def test_fine_tune_to_a_longer_chunk_keeps_the_model_and_grows_its_queries(demos, tmp_path):
+    """--chunk-size with --init-from: every weight carries over and the new action
+    queries start as copies of the last one (all queries attend to each other, so even the
+    first actions change until the fine-tune settles)."""
+    base = tiny_vla(demos, seed=3).eval()
+    save_vla(base, tmp_path / 'base')
+    grown = base.with_chunk_size(2 * TINY.chunk_size)
+    assert grown.cfg == dataclasses.replace(TINY, chunk_size=8) and not grown.training
+    q, q2 = base.embed.queries, grown.embed.queries
+    assert torch.equal(q2[:, :4], q) and torch.equal(q2[:, 4:], q[:, -1:].expand(-1, 4, -1))
+    images, tokens = torch.zeros(1, 2, 3, 32, 32), torch.zeros(1, 12, dtype=torch.long)
+    assert grown(images, tokens).shape == (1, 8, TINY.action_dim)
+    assert torch.equal(base.with_chunk_size(2).embed.queries, q[:, :2])
+    assert _cli(bc, ['--demos', demos, '--out', tmp_path / 'tuned', '--init-from',
+                     tmp_path / 'base', '--chunk-size', 8, '--steps', 2, '--lr', 1e-9,
+                     '--warmup-steps', 1, '--batch-size', 4, '--device', 'cpu',
+                     '--quiet']) == 0
+    tuned = load_vla(tmp_path / 'tuned')
+    assert tuned.cfg.chunk_size == 8 and tuned.tokenizer.vocab == base.tokenizer.vocab
+    for (k, v), v2 in zip(grown.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(v2, v, atol=1e-6, rtol=0, msg=f'{k} did not start from base')
+
+
 def test_fine_tune_refuses_demos_the_model_cannot_read(demos, tmp_path):
     words = VLA(TINY, WordTokenizer.from_words(['pick', 'up'], TINY.max_instruction_tokens))
     save_vla(words, tmp_path / 'words')

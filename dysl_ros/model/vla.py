@@ -6,6 +6,8 @@ wrapper runs over it without knowing anything else about the model.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -131,6 +133,18 @@ class VLA(nn.Module):
 
     def unnormalise(self, actions: torch.Tensor) -> torch.Tensor:
         return actions * self.action_std + self.action_mean
+
+    def with_chunk_size(self, chunk_size: int) -> 'VLA':
+        """A copy predicting `chunk_size` actions per pass, for fine-tuning to a new chunk
+        length: every weight is kept; the first queries are this model's, and queries past
+        its chunk start as copies of its last one (the nearest future it was trained on)."""
+        grown = VLA(dataclasses.replace(self.cfg, chunk_size=chunk_size), self.tokenizer)
+        state = self.state_dict()
+        q = state['embed.queries']
+        extra = q[:, -1:].expand(-1, max(chunk_size - q.shape[1], 0), -1)
+        state['embed.queries'] = torch.cat([q[:, :chunk_size], extra], dim=1)
+        grown.load_state_dict(state)
+        return grown.train(self.training)
 
 
 def _init_weights(m: nn.Module) -> None:

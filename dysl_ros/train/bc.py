@@ -352,7 +352,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--n-layers', type=int, default=m.n_layers)
     parser.add_argument('--d-model', type=int, default=m.d_model)
     parser.add_argument('--n-heads', type=int, default=m.n_heads)
-    parser.add_argument('--chunk-size', type=int, default=m.chunk_size)
+    parser.add_argument('--chunk-size', type=int, default=None,
+                        help=f'actions per pass (default {m.chunk_size}); with --init-from, '
+                             'a new length grows or trims the model\'s action queries')
     parser.add_argument('--patch-size', type=int, default=m.patch_size)
     parser.add_argument('--image-size', type=int, default=None,
                         help='model resolution (default: the demos\' resolution)')
@@ -364,7 +366,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--init-from', type=Path, default=None, metavar='MODEL',
                         help='fine-tune: start from this saved VLA (its weights, settings, '
                              'vocabulary and action statistics) with a fresh optimiser and '
-                             'schedule; --n-layers ... --image-size are then ignored')
+                             'schedule; --n-layers, --d-model, --n-heads, --patch-size and '
+                             '--image-size are then ignored')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -382,14 +385,17 @@ def run(args: argparse.Namespace) -> int:
         print(f'resuming from {ckpt} (model settings come from the checkpoint)')
     elif args.init_from is not None:
         vla = fine_tune_start(args.init_from, args.demos)
-        print(f'fine-tuning {args.init_from} (model settings come from it)')
+        if args.chunk_size not in (None, vla.cfg.chunk_size):
+            print(f'chunk size {vla.cfg.chunk_size} -> {args.chunk_size}')
+            vla = vla.with_chunk_size(args.chunk_size)
+        print(f'fine-tuning {args.init_from} (other model settings come from it)')
     else:
         cameras, size = demo_cameras(args.demos[0])
         vcfg = VLAConfig(image_size=args.image_size or size, cameras=cameras,
                          action_names=tuple(read_index(args.demos[0])['action_names']),
                          patch_size=args.patch_size, d_model=args.d_model,
                          n_layers=args.n_layers, n_heads=args.n_heads,
-                         chunk_size=args.chunk_size)
+                         chunk_size=args.chunk_size or VLAConfig().chunk_size)
         torch.manual_seed(args.seed)
         instructions = [i for d in args.demos for i in demo_instructions(d)]
         vla = VLA(vcfg, demo_tokenizer(instructions, vcfg.max_instruction_tokens))
