@@ -29,7 +29,9 @@ from dysl_ros.sim.expert import run_episode
 from dysl_ros.sim.metaworld_suite import ACTION_NAMES, MetaWorldConfig, MetaWorldEnv, make_expert
 from dysl_ros.sim.splits import SPLITS
 from dysl_ros.sim.suites import get_suite
-from test_bags import one_thread, read_back  # noqa: F401 (one_thread: an autouse fixture)
+from test_bags import read_back
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 ROOT = Path(__file__).resolve().parents[1]
 MT10 = get_suite('metaworld-mt10')
