@@ -9,7 +9,7 @@ import torch
 
 from dysl_ros.datasets import load_stats
 from dysl_ros.model import VLA, VLAConfig
-from dysl_ros.model.io import load_dysl, load_vla, read_json, save_vla
+from dysl_ros.model.io import load_dysl, load_vla, read_json, read_tensors, save_vla
 from dysl_ros.model.processing import preprocess_images
 from dysl_ros.model.tokenizer import WordTokenizer
 from dysl_ros.sim.demos import generate
@@ -209,9 +209,12 @@ def test_cli_train_calibrate_distill(demos, tmp_path):
     model = tmp_path / 'model'
     assert _cli(bc, ['--demos', demos, '--out', model, '--steps', 12, '--batch-size', 8,
                      '--n-layers', 5, '--d-model', 32, '--n-heads', 4, '--chunk-size', 4,
-                     '--eval-every', 6, '--device', 'cpu', '--quiet']) == 0
+                     '--eval-every', 6, '--device', 'cpu', '--quiet', '--half-weights']) == 0
     vla = load_vla(model)
     assert vla.cfg.image_size == 32 and vla.cfg.n_layers == 5  # resolution from the demos
+    stored = read_tensors(model / 'vla.safetensors')  # half-stored, as models/realtime ships
+    assert stored['blocks.0.attn.qkv.weight'].dtype == torch.float16
+    assert stored['action_mean'].dtype == vla.blocks[0].attn.qkv.weight.dtype == torch.float32
     assert _cli(calibrate, ['--model-dir', model, '--demos', demos, '--samples', 16,
                             '--batch-size', 8, '--ratio', 0.2, '--device', 'cpu',
                             '--quiet']) == 0

@@ -204,6 +204,27 @@ def test_save_load_round_trip(vla, tmp_path):
     assert not any(k.startswith('blocks.') for k in load_file(str(tmp_path / 'dysl.safetensors')))
 
 
+def test_half_stored_weights_load_as_float32_with_full_precision_action_stats(vla, tmp_path):
+    mean = np.array([0.1234567, 1e-4, 3.3, -2.0, 0.5, 7.0, 1.0], np.float32)
+    vla.set_action_stats(mean, np.full(7, 0.0123457, np.float32))
+    save_vla(vla, tmp_path, half=True)
+    from safetensors.torch import load_file
+    stored = load_file(str(tmp_path / 'vla.safetensors'))
+    params = dict(vla.named_parameters())
+    assert all(v.dtype == (torch.float16 if k in params else vla.state_dict()[k].dtype)
+               for k, v in stored.items())
+    vla2 = load_vla(tmp_path)
+    assert all(p.dtype == torch.float32 for p in vla2.parameters())
+    for k, v in vla2.state_dict().items():  # the parameters rounded once, the buffers exact
+        if k in params:
+            torch.testing.assert_close(v, params[k].detach().half().float(), atol=0, rtol=0)
+        else:
+            assert torch.equal(v, vla.state_dict()[k]), k
+    images, tokens = _inputs(TINY, seed=1)
+    with torch.inference_mode():
+        torch.testing.assert_close(vla2(images, tokens), vla(images, tokens), atol=5e-3, rtol=0)
+
+
 def test_load_names_the_bad_file(vla, tmp_path):
     save_vla(vla, tmp_path)
     (tmp_path / 'vla.safetensors').write_bytes(b'not a safetensors file')

@@ -43,18 +43,23 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f'{path}: not a readable safetensors file ({e})') from None
 
 
-def save_vla(vla: VLA, directory: Path) -> None:
-    """Write vla.safetensors + vla.json (config, vocabulary) into `directory`."""
+def save_vla(vla: VLA, directory: Path, half: bool = False) -> None:
+    """Write vla.safetensors + vla.json (config, vocabulary) into `directory`. half: store the
+    parameters in float16 (half the file, for a model kept in git; load_vla converts them
+    back), buffers such as the action statistics in full precision."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in vla.state_dict().items()}
+    params = {name for name, _ in vla.named_parameters()}
+    state = {k: (v.half() if half and k in params else v).detach().contiguous()
+             for k, v in vla.state_dict().items()}
     save_file(state, str(directory / VLA_WEIGHTS))
     write_json(directory / VLA_JSON, {'format': FORMAT, 'config': vla.cfg.to_dict(),
                                       'vocab': list(vla.tokenizer.vocab)})
 
 
 def load_vla(directory: Path, map_location: str = 'cpu') -> VLA:
-    """Rebuild a VLA from `directory`; the model comes back in eval mode."""
+    """Rebuild a VLA from `directory` in float32 (half-stored weights too); the model comes
+    back in eval mode."""
     directory = Path(directory)
     meta = read_json(directory / VLA_JSON)
     _check_format(directory / VLA_JSON, meta)

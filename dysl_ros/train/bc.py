@@ -134,12 +134,14 @@ def train_bc(vla: VLA, demos_dir: str | os.PathLike | Sequence[str | os.PathLike
              out_dir: str | os.PathLike,
              cfg: BCConfig = BCConfig(), device: str = 'auto', resume: bool = True,
              time_limit_s: Optional[float] = None, stop_after: Optional[int] = None,
-             init_from: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+             init_from: Optional[str | os.PathLike] = None,
+             half_weights: bool = False) -> dict[str, Any]:
     """Train `vla` on the demonstrations; returns the history (also written to bc.json).
 
     A run stops early, with a checkpoint, after time_limit_s seconds or stop_after steps
     of this call; with resume, a later call continues from `<out>/checkpoint`. init_from
-    names the saved model a fine-tuning run started from, for the history.
+    names the saved model a fine-tuning run started from, for the history; half_weights
+    writes the finished model's parameters in float16 (save_vla).
     """
     out_dir = Path(out_dir)
     dev = pick_device(device)
@@ -209,7 +211,7 @@ def train_bc(vla: VLA, demos_dir: str | os.PathLike | Sequence[str | os.PathLike
     _save_checkpoint(ckpt, vla, opt, gen, cfg, state)
     vla.eval()
     if complete:
-        save_vla(vla, out_dir)
+        save_vla(vla, out_dir, half=half_weights)
     summary = {'complete': complete, 'step': step, 'steps': cfg.steps, 'stopped': stopped,
                'config': cfg.to_dict(), 'demos': demo_folders(demos_dir),
                'init_from': _provenance(init_from), 'device': str(dev),
@@ -368,6 +370,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'vocabulary and action statistics) with a fresh optimiser and '
                              'schedule; --n-layers, --d-model, --n-heads, --patch-size and '
                              '--image-size are then ignored')
+    parser.add_argument('--half-weights', action='store_true',
+                        help='write the finished model\'s parameters in float16: half the '
+                             'file, for a model kept in git (loading converts to float32)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -401,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         vla = VLA(vcfg, demo_tokenizer(instructions, vcfg.max_instruction_tokens))
     out = train_bc(vla, args.demos, args.out, cfg, device=args.device,
                    resume=not args.no_resume, time_limit_s=args.time_limit,
-                   init_from=args.init_from)
+                   init_from=args.init_from, half_weights=args.half_weights)
     last = out['evals'][-1] if out['evals'] else None
     if out['complete']:
         print(f'trained {out["steps"]} steps; wrote {args.out}'
