@@ -17,7 +17,6 @@ from dysl_ros.sim.demos import episode_seed
 from dysl_ros.sim.splits import SPLITS, split_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / 'models' / 'default'
 TINY = VLAConfig(image_size=32, patch_size=8, d_model=32, n_layers=5, n_heads=2, mlp_ratio=2,
                  chunk_size=4)
 
@@ -196,8 +195,10 @@ def test_every_bench_is_a_subcommand():
         assert args.bench == name
 
 
-def test_shipped_default_model_steps_in_the_simulation():
-    policy = make_policy('dysl', DEFAULT_MODEL)
+@pytest.mark.parametrize('model, chunk_size', [('default', 8), ('realtime', 16)])
+def test_shipped_tabletop_models_step_in_the_simulation(model, chunk_size):
+    policy = make_policy('dysl', ROOT / 'models' / model)
+    assert policy.spec.chunk_size == chunk_size
     env = TabletopEnv(SimConfig())
     try:
         obs = env.reset(seed=0, instruction='open the drawer')
