@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dysl_ros.nodes.realtime_bench import command_changes, format_table, run_one
+from dysl_ros.nodes.realtime_bench import command_changes, format_table, run_one, summarise
 from dysl_ros.export.random_model import build_random_model
 from dysl_ros.model import VLAConfig
 from dysl_ros.sim.splits import SPLITS
@@ -29,6 +29,19 @@ def test_command_changes_split_switches_from_within_chunk_ticks_on_delta_joints(
     # the gripper's 0 -> 1 is an absolute joint, not a jump; nothing across a hold counts
     np.testing.assert_allclose(at_switch, [0.008 / 0.04])
     np.testing.assert_allclose(within, [0.004 / 0.04, 0.004 / 0.04])
+
+
+def test_layers_run_are_per_policy_step_and_episodes_without_chunks_are_left_out():
+    def episode(chunks, layers, verified):
+        return {'task': 'pick_red', 'success': True, 'steps': 10, 'holds': 0,
+                'chunks': chunks, 'layers_run_mean': layers, 'layers_total': 24 if chunks else None,
+                'verified': verified, 'policy_ms_p95': None, 'camera_to_chunk_ms_p95': None,
+                'ticks': [tick(0.0), tick(0.004)]}
+    r = summarise('sync', 0.0, ['pick_red'],
+                  [episode(1, 24.0, 1), episode(3, 8.0, 0), episode(0, None, 0)])
+    assert r['layers_run_mean'] == pytest.approx((24.0 + 3 * 8.0) / 4)  # not (24 + 8) / 2
+    assert r['layers_total'] == 24 and r['verified_fraction'] == pytest.approx(1 / 4)
+    assert 'layers' in format_table([r], ['pick_red'])
 
 
 @pytest.fixture(scope='module')

@@ -23,7 +23,8 @@ waits for that one, and it is reported apart, in ticks); the command's change at
 switches against within chunks, per tick max over the delta joints of |c_t - c_(t-1)| /
 (upper - lower limit), p95 and max (ticks after a hold excluded: a hold is not a switch);
 chunk age when executed (now - its observation's stamp, p50 and p95); policy step and
-camera-to-chunk p95. A table, --json and --plot.
+camera-to-chunk p95; backbone layers run per policy step and the verified fraction. A
+table, --json and --plot.
 
     python -m dysl_ros bench realtime --latencies 0 200 --episodes 10 --json runs/rt.json
 """
@@ -237,6 +238,8 @@ def summarise(execution: str, latency_ms: float, tasks: Sequence[str], episodes:
     steps = sum(e['steps'] for e in episodes)
     holds = sum(e['holds'] for e in episodes)
     waiting = sum(e['first_chunk_holds'] for e in episodes)
+    inferred = [e for e in episodes if e['chunks']]
+    chunks = sum(e['chunks'] for e in inferred)
     return {
         'execution': execution, 'latency_ms': latency_ms,
         'success': {t: success_rate([e['success'] for e in episodes if e['task'] == t])
@@ -250,6 +253,11 @@ def summarise(execution: str, latency_ms: float, tasks: Sequence[str], episodes:
         'within_change': {'p95': percentile(within, 95), 'max': max(within, default=None),
                           'n': len(within)},
         'chunk_age_ms': {'p50': percentile(ages, 50), 'p95': percentile(ages, 95)},
+        # per policy step (each episode's mean weighted by its chunks), of layers_total
+        'layers_run_mean': (sum(e['layers_run_mean'] * e['chunks'] for e in inferred) / chunks
+                            if chunks else None),
+        'layers_total': inferred[0]['layers_total'] if inferred else None,
+        'verified_fraction': sum(e['verified'] for e in inferred) / chunks if chunks else None,
         # per-episode p95s (None: an episode without chunks), their median
         'policy_ms_p95': percentile([e['policy_ms_p95'] for e in episodes
                                      if e['policy_ms_p95'] is not None], 50),
@@ -275,7 +283,7 @@ def format_table(runs: Sequence[dict], tasks: Sequence[str]) -> str:
     head = (f'{"execution":<16}{"+ms":>5}' + ''.join(f'{t:>17}' for t in tasks) +
             f'{"all":>17}{"idle":>7}{"first":>6}{"switch p95":>11}{"max":>7}'
             f'{"within p95":>11}{"max":>7}'
-            f'{"age p50":>8}{"p95":>6}{"step p95":>9}{"c2c p95":>8}')
+            f'{"age p50":>8}{"p95":>6}{"step p95":>9}{"c2c p95":>8}{"layers":>7}')
     lines = [head, '-' * len(head)]
     for r in runs:
         sw, wi, age = r['switch_change'], r['within_change'], r['chunk_age_ms']
@@ -286,11 +294,13 @@ def format_table(runs: Sequence[dict], tasks: Sequence[str]) -> str:
             f'{r["first_chunk_ticks"]:>6.0f}'
             f'{_num(sw["p95"]):>11}{_num(sw["max"]):>7}{_num(wi["p95"]):>11}'
             f'{_num(wi["max"]):>7}{_num(age["p50"], ".0f"):>8}{_num(age["p95"], ".0f"):>6}'
-            f'{_num(r["policy_ms_p95"], ".0f"):>9}{_num(r["camera_to_chunk_ms_p95"], ".0f"):>8}')
+            f'{_num(r["policy_ms_p95"], ".0f"):>9}{_num(r["camera_to_chunk_ms_p95"], ".0f"):>8}'
+            f'{_num(r["layers_run_mean"], ".1f"):>7}')
     lines.append('idle: sim steps held for lack of a command once the episode\'s first chunk '
                  'arrived; first: ticks held before it (median); switch / within: per tick max '
                  'over delta joints of |command change| / limit range; age: ms from a '
-                 "chunk's observation to its action's tick; step, c2c: per-episode p95, median")
+                 "chunk's observation to its action's tick; step, c2c: per-episode p95, median; "
+                 'layers: backbone layers run per policy step (mean)')
     return '\n'.join(lines)
 
 
