@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from dysl_ros.layout import Layout
 from dysl_ros.model import DySL, DySLConfig, VLA, VLAConfig, WordTokenizer
-from dysl_ros.model.io import load_dysl, load_vla, save_dysl, save_vla
+from dysl_ros.model.io import load_dysl, load_vla, read_tensors, save_dysl, save_vla
 from dysl_ros.model.llama import llama_blocks
 from dysl_ros.model.segment import GRAPH, SegmentGraph
 from dysl_ros.skipping import HOST, NO_SKIP, UnitSegments, resume_full_depth, segment_pass
@@ -200,16 +200,14 @@ def test_save_load_round_trip(vla, tmp_path):
     assert torch.equal(a, b)
     assert torch.equal(vla2.unnormalise(torch.zeros(7)), torch.arange(7.0))
     # The DySL checkpoint carries only adapters and controllers.
-    from safetensors.torch import load_file
-    assert not any(k.startswith('blocks.') for k in load_file(str(tmp_path / 'dysl.safetensors')))
+    assert not any(k.startswith('blocks.') for k in read_tensors(tmp_path / 'dysl.safetensors'))
 
 
 def test_half_stored_weights_load_as_float32_with_full_precision_action_stats(vla, tmp_path):
     mean = np.array([0.1234567, 1e-4, 3.3, -2.0, 0.5, 7.0, 1.0], np.float32)
     vla.set_action_stats(mean, np.full(7, 0.0123457, np.float32))
     save_vla(vla, tmp_path, half=True)
-    from safetensors.torch import load_file
-    stored = load_file(str(tmp_path / 'vla.safetensors'))
+    stored = read_tensors(tmp_path / 'vla.safetensors')
     params = dict(vla.named_parameters())
     assert all(v.dtype == (torch.float16 if k in params else vla.state_dict()[k].dtype)
                for k, v in stored.items())
