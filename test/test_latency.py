@@ -1,6 +1,7 @@
 """The latency benchmark: decision-trace replay through the policy executor, and the tool's
 figures and JSON (structure and consistency, never timings)."""
 import argparse
+import copy
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from dysl_ros.bench import latency
+from dysl_ros.bench.latency.runners import CudaGraph, CudaGraphSegments
 from dysl_ros.bench.trace import Decision, DecisionTrace, layers_run, replay_policy
 from dysl_ros.guidance import GuidanceConfig
 from dysl_ros.layout import Layout
@@ -222,3 +224,49 @@ def test_measure_takes_one_runner_of_either_kind(model):
         assert r['full']['launches_unverified'] == [10 if not segments else 5]
         assert ('breakdown_ms' in r['dysl']) == (not segments)
         assert r['fraction_of_ideal']['backbone'] > 0
+
+
+class EagerReplay(CudaGraph):
+    """CudaGraph's buffers without CUDA: the capture keeps fn's output as the output buffer
+    and a replay recomputes fn from the input buffer into it. What runs is the project's own
+    part of the cuda-graph path: the buffers' chaining and copies, and the skip logic."""
+
+    @staticmethod
+    def warm_up(fn, device):
+        fn()
+
+    def _capture(self):
+        return self.fn(self.inp).clone()
+
+    def _replay(self):
+        self.out.copy_(self.fn(self.inp))
+
+
+def test_cuda_graph_path_decides_and_computes_as_the_segment_path(model):
+    """Segment by segment, at random allow points and thresholds, the graphs' buffers give
+    the eager segment path's skips and hidden states (real CUDA graphs where a GPU is)."""
+    cuda = torch.cuda.is_available()
+    vla, dysl = copy.deepcopy(model) if cuda else model
+    if cuda:
+        vla, dysl = vla.cuda(), dysl.cuda()
+    eager = TorchRunner(vla, dysl, segments=True)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    rng = np.random.default_rng(0)
+
+    def embed():
+        images = {c: rng.integers(0, 256, (32, 32, 3), np.uint8) for c in TINY.cameras}
+        return eager.embed(*spec.prepare(images, 'go'))
+
+    graphs = CudaGraphSegments(eager, embed(), CudaGraph if cuda else EagerReplay)
+    kinds = set()
+    for _ in range(40):
+        x = y = embed()
+        threshold = float(rng.uniform(0.3, 0.7))
+        for k, seg in enumerate(LAYOUT.segments):
+            allow = int(rng.integers(seg.static + 1, seg.end + 1))  # seg.end: full depth
+            x, want = eager.segment(k, x, allow, threshold)
+            y, got = graphs.segment(k, y, allow, threshold)
+            assert got == want
+            torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+            kinds.add('full' if allow == seg.end else 'skip' if got >= 0 else 'ran')
+    assert kinds == {'full', 'skip', 'ran'}

@@ -139,8 +139,12 @@ class DySL(TrainableParts):
     def adapter(self, j: int, x: torch.Tensor) -> torch.Tensor:
         return self.adapters[str(j)](x)
 
+    def skip_prob(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """Controller g_j's skip probability, (B,), left on x's device."""
+        return self.controllers[str(j)](x)
+
     def controller(self, j: int, x: torch.Tensor) -> float:
-        return float(self.controllers[str(j)](x)[0])
+        return float(self.skip_prob(j, x)[0])
 
     # -- parameters ------------------------------------------------------------------------
 

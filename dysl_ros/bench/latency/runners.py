@@ -18,7 +18,7 @@ from ...runtime.loading import RUNS_EXPORT, make_runner
 from ...runtime.manifest import MANIFEST_NAME, Manifest
 from ...runtime.runner import Runner
 from ...runtime.torch_runner import TorchRunner
-from ...skipping import NO_SKIP
+from ...skipping import NO_SKIP, segment_pass
 from .subjects import Subject
 
 PATHS = ('unit', 'segment')
@@ -82,53 +82,114 @@ def _export(subject: Subject, args: argparse.Namespace, tmp: Path, granularity: 
     return manifest
 
 
+class CudaGraph:
+    """fn(input buffer) captured once as a CUDA graph. A call copies x into the input buffer
+    unless x is that buffer, replays, and returns the output buffer: valid until the graph
+    replays again. Each graph keeps its own memory pool, so replays in any order are safe."""
+
+    def __init__(self, fn: Any, inp: torch.Tensor):
+        self.fn, self.inp = fn, inp
+        self.out = self._capture()
+
+    @staticmethod
+    def warm_up(fn: Any, device: torch.device) -> None:
+        """fn() once on a side stream, before any capture, as torch asks."""
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def _capture(self) -> torch.Tensor:
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return self.fn(self.inp)
+
+    def _replay(self) -> None:
+        self.graph.replay()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x is not self.inp:
+            self.inp.copy_(x)
+        self._replay()
+        return self.out
+
+
+class _UnitGraphs:
+    """Every unit as its own graph, chained as at full depth: layer i reads layer i - 1's
+    output buffer, and adapter j and controller j read layer j's input, so a walk copies
+    only after a skip (the adapter's output into the next static layer's input)."""
+
+    def __init__(self, runner: TorchRunner, x: torch.Tensor, graph: type):
+        dysl, layout = runner.dysl, runner.layout
+        self.layers: list[CudaGraph] = []
+        self.adapters: dict[int, CudaGraph] = {}
+        self.controllers: dict[int, CudaGraph] = {}
+        for i in range(layout.num_layers):
+            if i in layout.dynamic:
+                self.adapters[i] = graph(lambda t, i=i: dysl.adapter(i, t), x)
+                self.controllers[i] = graph(lambda t, i=i: dysl.skip_prob(i, t), x)
+            self.layers.append(graph(lambda t, i=i: runner.vla.blocks[i](t), x))
+            x = self.layers[-1].out
+
+    def layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[i](x)
+
+    def adapter(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        return self.adapters[j](x)
+
+    def controller(self, j: int, x: torch.Tensor) -> float:
+        return float(self.controllers[j](x)[0])  # the host read: a sync
+
+
 class CudaGraphSegments:
-    """The torch segment path with each segment captured once as a CUDA graph at full depth
-    (allow point at its end: no controller is asked, nothing is decided, the graph is
-    fixed). A segment at full depth replays its graph: one launch, no host read. A segment
-    asked to decide runs eagerly (TorchRunner.segment: a host sync per controller asked).
+    """The torch segment path on CUDA graphs. Each segment is captured once at full depth
+    (allow point at its end: no controller asked, nothing decided) and a segment at full
+    depth replays it: one launch, no host read. A segment asked to decide walks the same
+    skip logic (skipping.segment_pass) over per-unit graphs: one replay per unit and a host
+    read per controller asked, but no eager kernel launches, which bound a 7B-shaped
+    backbone's eager step on the host.
 
     Graph k reads graph k-1's output buffer, so a chain of graphs copies only what enters
-    it from elsewhere (the embedding; an eager segment's output) into its input buffer. A
-    returned hidden state is that buffer: valid until its graph replays.
+    it from elsewhere (the embedding; a unit graph's output) into its input buffer. A
+    returned hidden state is a graph's output buffer: valid until that graph replays.
+    `graph` captures and replays (CudaGraph; a test may pass a stand-in with its interface).
     """
 
     name = 'torch'
     runs_segments = True
 
-    def __init__(self, runner: TorchRunner, x: torch.Tensor):
+    def __init__(self, runner: TorchRunner, x: torch.Tensor, graph: type = CudaGraph):
         self.inner, self.layout = runner, runner.layout
-        self.graphs: list[tuple[Any, torch.Tensor, torch.Tensor]] = []  # graph, in, out
-        segs = self.layout.segments
+        self.graphs: list[CudaGraph] = []
         with torch.inference_mode():
             x = x.clone()
-            side = torch.cuda.Stream(x.device)  # warm up off the capture, as torch asks
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                y = x
-                for k, seg in enumerate(segs):
-                    y, _ = runner.segment(k, y, seg.end, 1.0)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            for k, seg in enumerate(segs):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    out, _ = runner.segment(k, x, seg.end, 1.0)
-                self.graphs.append((graph, x, out))
-                x = out
+            graph.warm_up(lambda: self._walk_every_unit(runner, x), x.device)
+            inp = x
+            for k, seg in enumerate(self.layout.segments):
+                self.graphs.append(graph(lambda t, k=k, end=seg.end:
+                                         runner.segment(k, t, end, 1.0)[0], inp))
+                inp = self.graphs[-1].out
+            self.units = _UnitGraphs(runner, x.clone(), graph)
+
+    @staticmethod
+    def _walk_every_unit(runner: TorchRunner, x: torch.Tensor) -> None:
+        for i in range(runner.layout.num_layers):
+            if i in runner.layout.dynamic:
+                runner.dysl.adapter(i, x)
+                runner.dysl.skip_prob(i, x)
+            x = runner.vla.blocks[i](x)
 
     def embed(self, images: np.ndarray, tokens: np.ndarray) -> torch.Tensor:
         return self.inner.embed(images, tokens)
 
+    @torch.inference_mode()
     def segment(self, k: int, x: torch.Tensor, allow_from: int, threshold: float
                 ) -> tuple[torch.Tensor, int]:
-        if allow_from < self.layout.segments[k].end:
-            return self.inner.segment(k, x, allow_from, threshold)
-        graph, inp, out = self.graphs[k]
-        if x is not inp:
-            with torch.inference_mode():
-                inp.copy_(x)
-        graph.replay()
-        return out, NO_SKIP
+        seg = self.layout.segments[k]
+        if allow_from < seg.end:
+            return segment_pass(seg, x, allow_from, threshold, self.units)
+        return self.graphs[k](x), NO_SKIP
 
     def read_skips(self, records: list[int]) -> list[int]:
         return self.inner.read_skips(records)
