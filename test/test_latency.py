@@ -270,3 +270,34 @@ def test_cuda_graph_path_decides_and_computes_as_the_segment_path(model):
             torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
             kinds.add('full' if allow == seg.end else 'skip' if got >= 0 else 'ran')
     assert kinds == {'full', 'skip', 'ran'}
+
+
+def test_measure_counts_every_graph_a_deciding_segment_replays(model):
+    """On the cuda-graph path a segment at full depth is one launch, a deciding one a
+    launch per unit graph it walks: the bench counts them all."""
+    vla, dysl = model
+    S = len(LAYOUT.segments)
+    trace = DecisionTrace.synthetic(LAYOUT, 8, seed=2, verify_rate=0.3)
+    assert any(d.verified for d in trace.decisions)
+    spec = ModelSpec.from_model(vla, LAYOUT)
+    rng = np.random.default_rng(0)
+    obs = [({c: rng.integers(0, 256, (32, 32, 3), np.uint8) for c in TINY.cameras}, 'go')
+           for _ in range(8)]
+    subject = latency.Subject(vla, dysl, GuidanceConfig(), spec, obs, trace, 'tiny', 'cpu')
+    eager = TorchRunner(vla, dysl, segments=True)
+    graphs = CudaGraphSegments(eager, eager.embed(*spec.prepare(*obs[0])), EagerReplay)
+    r = latency.measure(graphs, subject, 1, 1, progress=False)
+
+    def launches(d):
+        """Embed and head; per segment its graph at full depth, or the unit graphs of its
+        walk (layers up to the skip, the controller, the adapter); after a verification
+        the full-depth segments from the first skip on, and the head again."""
+        first = next((k for k, j in enumerate(d.skipped_at) if j is not None), None)
+        walk = sum(1 if j is None else j - seg.static + 2
+                   for seg, j in zip(LAYOUT.segments, d.skipped_at))
+        return 2 + walk + (S - first + 1 if d.verified else 0)
+
+    assert r['full']['launches_unverified'] == [S + 2]
+    assert r['dysl']['launches_per_step'] == pytest.approx(
+        np.mean([launches(d) for d in trace.decisions]))
+    assert r['dysl']['launches_per_step'] > S + 2

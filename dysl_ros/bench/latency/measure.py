@@ -97,7 +97,11 @@ class _CountingSegments(_Counting):
         return self.inner.layout
 
     def segment(self, k: int, x: Any, allow_from: int, threshold: float) -> tuple[Any, Any]:
-        return self._launch(f'segment_{k}', self.inner.segment, k, x, allow_from, threshold)
+        before = getattr(self.inner, 'replays', None)
+        out = self._launch(f'segment_{k}', self.inner.segment, k, x, allow_from, threshold)
+        if before is not None:  # a runner of graphs: a deciding segment replays several
+            self.calls[f'segment_{k}'] += self.inner.replays - before - 1
+        return out
 
     def read_skips(self, records: Sequence[Any]) -> list[int]:
         self.reads['end'] += 1

@@ -125,6 +125,7 @@ class _UnitGraphs:
         self.layers: list[CudaGraph] = []
         self.adapters: dict[int, CudaGraph] = {}
         self.controllers: dict[int, CudaGraph] = {}
+        self.replays = 0  # graph launches so far
         for i in range(layout.num_layers):
             if i in layout.dynamic:
                 self.adapters[i] = graph(lambda t, i=i: dysl.adapter(i, t), x)
@@ -133,12 +134,15 @@ class _UnitGraphs:
             x = self.layers[-1].out
 
     def layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        self.replays += 1
         return self.layers[i](x)
 
     def adapter(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        self.replays += 1
         return self.adapters[j](x)
 
     def controller(self, j: int, x: torch.Tensor) -> float:
+        self.replays += 1
         return float(self.controllers[j](x)[0])  # the host read: a sync
 
 
@@ -154,6 +158,7 @@ class CudaGraphSegments:
     it from elsewhere (the embedding; a unit graph's output) into its input buffer. A
     returned hidden state is a graph's output buffer: valid until that graph replays.
     `graph` captures and replays (CudaGraph; a test may pass a stand-in with its interface).
+    `replays` counts graph launches, so the bench counts a deciding segment's unit graphs.
     """
 
     name = 'torch'
@@ -171,6 +176,7 @@ class CudaGraphSegments:
                                          runner.segment(k, t, end, 1.0)[0], inp))
                 inp = self.graphs[-1].out
             self.units = _UnitGraphs(runner, x.clone(), graph)
+        self.segment_replays = 0
 
     @staticmethod
     def _walk_every_unit(runner: TorchRunner, x: torch.Tensor) -> None:
@@ -189,7 +195,13 @@ class CudaGraphSegments:
         seg = self.layout.segments[k]
         if allow_from < seg.end:
             return segment_pass(seg, x, allow_from, threshold, self.units)
+        self.segment_replays += 1
         return self.graphs[k](x), NO_SKIP
+
+    @property
+    def replays(self) -> int:
+        """Graph launches so far: whole segments and units."""
+        return self.segment_replays + self.units.replays
 
     def read_skips(self, records: list[int]) -> list[int]:
         return self.inner.read_skips(records)
